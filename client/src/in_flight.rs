@@ -1,0 +1,218 @@
+//! The calls and pings waiting for an answer: a map from `Ref` to the caller's oneshot.
+//!
+//! A caller registers its `Ref` *before* its frame is queued, so the answer can never
+//! arrive before the entry exists (tarpc's `in_flight_requests.rs` does the same). The
+//! dispatch task completes entries as `{reply, ..}`, `{error, Ref, ..}` and `{pong, ..}`
+//! frames arrive. A caller that gives up (timeout, or its future dropped) removes its
+//! entry through an [`Armed`] guard, so a late answer finds nothing and is dropped.
+//! When the connection ends, [`InFlight::close`] fails every entry at once and refuses
+//! new ones, under the same lock, so no caller can slip in and wait forever.
+//!
+//! The map sits behind a `std::sync::Mutex`, not a tokio one: it is held for a hash map
+//! operation only, never across an `.await` (mini-redis `db.rs` makes the same choice).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use lib_chan_protocol::message::Ref;
+use lib_chan_protocol::Term;
+use tokio::sync::oneshot;
+
+use crate::error::{CloseReason, Error};
+
+/// What a waiting caller receives: the reply term (`Term::nil()` for a pong), or why not.
+pub(crate) type Outcome = Result<Term, Error>;
+
+/// Which question an entry is waiting on, so that a `{pong, Ref}` cannot answer a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `{call, Ref, X}`, answered by `{reply, Ref, Y}` or `{error, Ref, Reason}`.
+    Call,
+    /// `{ping, Ref}`, answered by `{pong, Ref}`.
+    Ping,
+}
+
+#[derive(Debug)]
+struct Entry {
+    kind: Kind,
+    tx: oneshot::Sender<Outcome>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pending: HashMap<Ref, Entry>,
+    /// Set once by [`InFlight::close`]; from then on nothing can be registered.
+    closed: Option<CloseReason>,
+}
+
+/// The outstanding calls and pings of one connection, shared by the [`Channel`]
+/// handles and the dispatch task.
+///
+/// [`Channel`]: crate::Channel
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    state: Mutex<State>,
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while the lock is held, but a poisoned map is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers `id`, returning the receiver its answer will arrive on, or the close
+    /// reason when the connection has already ended.
+    pub(crate) fn register(
+        &self,
+        id: Ref,
+        kind: Kind,
+    ) -> Result<oneshot::Receiver<Outcome>, CloseReason> {
+        let (tx, rx) = oneshot::channel();
+        let mut state = self.lock();
+        if let Some(reason) = &state.closed {
+            return Err(reason.clone());
+        }
+        state.pending.insert(id, Entry { kind, tx });
+        Ok(rx)
+    }
+
+    /// Delivers the answer to `id`. Returns `false` when no caller waits for it (it timed
+    /// out or gave up, or the server sent a `Ref` we never used): the answer is dropped.
+    pub(crate) fn complete(&self, id: Ref, kind: Kind, outcome: Outcome) -> bool {
+        let entry = {
+            let mut state = self.lock();
+            match state.pending.get(&id) {
+                Some(e) if e.kind == kind => state.pending.remove(&id),
+                _ => None,
+            }
+        };
+        match entry {
+            // The receiver may be gone if the caller is being dropped right now.
+            Some(e) => e.tx.send(outcome).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Forgets `id` (its caller timed out or was dropped); a later answer is dropped.
+    pub(crate) fn cancel(&self, id: Ref) {
+        self.lock().pending.remove(&id);
+    }
+
+    /// Ends the map: every waiting caller gets `Error::Closed(reason)` now, and later
+    /// registrations fail with `reason`. Only the first call has an effect.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        let drained: Vec<Entry> = {
+            let mut state = self.lock();
+            if state.closed.is_some() {
+                return;
+            }
+            state.closed = Some(reason.clone());
+            state.pending.drain().map(|(_, e)| e).collect()
+        };
+        // Sent outside the lock: waking callers must not contend with it.
+        for e in drained {
+            let _ = e.tx.send(Err(Error::Closed(reason.clone())));
+        }
+    }
+
+    /// How many calls and pings are waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().pending.len()
+    }
+}
+
+/// Removes its entry from the map when dropped, unless [`Armed::disarm`]ed: the caller
+/// timed out, or its future was dropped before the answer came.
+#[derive(Debug)]
+pub(crate) struct Armed<'a> {
+    in_flight: &'a InFlight,
+    id: Ref,
+    armed: bool,
+}
+
+impl<'a> Armed<'a> {
+    /// A guard for `id`, which must already be registered.
+    pub(crate) fn new(in_flight: &'a InFlight, id: Ref) -> Armed<'a> {
+        Armed {
+            in_flight,
+            id,
+            armed: true,
+        }
+    }
+
+    /// The answer arrived: the dispatch task already removed the entry.
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.in_flight.cancel(self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_go_to_their_own_caller() {
+        let m = InFlight::default();
+        let mut a = m.register(1, Kind::Call).unwrap();
+        let mut b = m.register(2, Kind::Call).unwrap();
+        assert!(m.complete(2, Kind::Call, Ok(Term::atom("b"))));
+        assert!(m.complete(1, Kind::Call, Ok(Term::atom("a"))));
+        assert_eq!(a.try_recv().unwrap().unwrap(), Term::atom("a"));
+        assert_eq!(b.try_recv().unwrap().unwrap(), Term::atom("b"));
+        assert_eq!(m.len(), 0);
+        // A second answer to the same ref finds nothing.
+        assert!(!m.complete(1, Kind::Call, Ok(Term::nil())));
+    }
+
+    #[test]
+    fn a_pong_does_not_answer_a_call() {
+        let m = InFlight::default();
+        let _rx = m.register(5, Kind::Call).unwrap();
+        assert!(!m.complete(5, Kind::Ping, Ok(Term::nil())));
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_dropped_guard_removes_the_entry_and_a_disarmed_one_does_not() {
+        let m = InFlight::default();
+        let _rx = m.register(1, Kind::Call).unwrap();
+        drop(Armed::new(&m, 1));
+        assert_eq!(m.len(), 0);
+        assert!(!m.complete(1, Kind::Call, Ok(Term::nil())));
+        let _rx = m.register(2, Kind::Call).unwrap();
+        Armed::new(&m, 2).disarm();
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn close_fails_everyone_and_refuses_newcomers() {
+        let m = InFlight::default();
+        let mut a = m.register(1, Kind::Call).unwrap();
+        let mut p = m.register(2, Kind::Ping).unwrap();
+        m.close(CloseReason::ClosedByServer);
+        for rx in [&mut a, &mut p] {
+            match rx.try_recv().unwrap() {
+                Err(Error::Closed(CloseReason::ClosedByServer)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            m.register(3, Kind::Call).unwrap_err(),
+            CloseReason::ClosedByServer
+        );
+        // The first reason sticks.
+        m.close(CloseReason::ClosedByClient);
+        assert_eq!(
+            m.register(4, Kind::Call).unwrap_err(),
+            CloseReason::ClosedByServer
+        );
+    }
+}

@@ -1,0 +1,2 @@
+//! Codec benchmark (being written).
+fn main() {}

@@ -1,0 +1,527 @@
+//! The message set of PROTOCOL.md sections 4 and 5 as Rust enums.
+//!
+//! Each direction and phase has its own enum, converted to and from [`Term`] here and
+//! nowhere else: [`Hello`] (the client's first frame), [`HandshakeReply`] (the server's
+//! answer to it), [`ClientMessage`] and [`ServerMessage`] (after the handshake). A term
+//! that is no valid message gives a [`MessageError`] that says what was expected.
+
+use std::fmt;
+
+use crate::term::Term;
+
+/// A call or ping reference: a non-negative integer the client picks.
+pub type Ref = u64;
+
+/// A service password as received on the wire. Its `Debug` never shows the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(pub Vec<u8>);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// The client's first frame after TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hello {
+    /// `{start_service, Service, Password, ArgsC}`.
+    StartService {
+        /// The service name (an atom or a UTF-8 binary on the wire).
+        service: String,
+        /// The password (a binary or a charlist on the wire).
+        password: Password,
+        /// `ArgsC`, handed to the handler.
+        args: Term,
+    },
+    /// `{ping, Ref}`: is a channel server there?
+    Ping(Ref),
+}
+
+/// Why a connection or handshake was refused or ended: `{error, Reason}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorReason {
+    /// Unknown service or wrong password.
+    AuthFailed,
+    /// A connection, authentication or in-flight limit was reached.
+    Busy,
+    /// The handshake frame did not arrive in time.
+    Timeout,
+    /// The first frame was not a valid `start_service`.
+    BadRequest,
+    /// A frame over the size limit.
+    FrameTooLarge,
+    /// A payload that is not a valid term.
+    BadTerm,
+    /// A term that is not a valid message.
+    BadMessage,
+    /// The client did not read its replies fast enough.
+    SlowConsumer,
+    /// Nothing was heard for too long.
+    IdleTimeout,
+    /// The server is shutting down.
+    Shutdown,
+    /// The service or its password changed in a config reload.
+    Revoked,
+    /// Any other reason term.
+    Other(Term),
+}
+
+impl ErrorReason {
+    const NAMED: [(ErrorReason, &'static str); 11] = [
+        (ErrorReason::AuthFailed, "auth_failed"),
+        (ErrorReason::Busy, "busy"),
+        (ErrorReason::Timeout, "timeout"),
+        (ErrorReason::BadRequest, "bad_request"),
+        (ErrorReason::FrameTooLarge, "frame_too_large"),
+        (ErrorReason::BadTerm, "bad_term"),
+        (ErrorReason::BadMessage, "bad_message"),
+        (ErrorReason::SlowConsumer, "slow_consumer"),
+        (ErrorReason::IdleTimeout, "idle_timeout"),
+        (ErrorReason::Shutdown, "shutdown"),
+        (ErrorReason::Revoked, "revoked"),
+    ];
+
+    /// The reason as the term sent on the wire.
+    pub fn to_term(&self) -> Term {
+        match self {
+            ErrorReason::Other(t) => t.clone(),
+            named => Term::atom(
+                Self::NAMED
+                    .iter()
+                    .find(|(r, _)| r == named)
+                    .map(|(_, name)| *name)
+                    .expect("every named reason is in the table"),
+            ),
+        }
+    }
+
+    /// The reason a term names.
+    pub fn from_term(t: &Term) -> ErrorReason {
+        t.as_atom()
+            .and_then(|a| Self::NAMED.iter().find(|(_, name)| *name == a))
+            .map(|(r, _)| r.clone())
+            .unwrap_or_else(|| ErrorReason::Other(t.clone()))
+    }
+}
+
+impl fmt::Display for ErrorReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_term())
+    }
+}
+
+/// What the welcome announces: `{ok, #{protocol => 1, max_frame => N, server => <<..>>}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Welcome {
+    /// The protocol version.
+    pub protocol: i64,
+    /// The largest frame the server accepts.
+    pub max_frame: usize,
+    /// The server's name and version.
+    pub server: String,
+}
+
+/// The server's answer during the handshake.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandshakeReply {
+    /// The service was started.
+    Welcome(Welcome),
+    /// `{error, Reason}`, then the server closes.
+    Refused(ErrorReason),
+    /// `{pong, Ref}`, the answer to a pre-handshake ping.
+    Pong(Ref),
+}
+
+/// A frame from client to server after the handshake.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// `{send, X}`: one-way.
+    Send(Term),
+    /// `{call, Ref, X}`: a request to be answered once.
+    Call {
+        /// The reference that the reply will carry.
+        id: Ref,
+        /// The request.
+        body: Term,
+    },
+    /// `{ping, Ref}`.
+    Ping(Ref),
+    /// `close`.
+    Close,
+}
+
+/// A frame from server to client after the handshake.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerMessage {
+    /// `{send, Y}`: pushed by the handler.
+    Send(Term),
+    /// `{reply, Ref, Y}`.
+    Reply {
+        /// The call's reference.
+        id: Ref,
+        /// The answer.
+        body: Term,
+    },
+    /// `{error, Ref, Reason}`: call `Ref` failed.
+    CallError {
+        /// The call's reference.
+        id: Ref,
+        /// Why, e.g. `no_reply`, `handler_crashed`, `busy`, `{bad_request, X}`.
+        reason: Term,
+    },
+    /// `{pong, Ref}`.
+    Pong(Ref),
+    /// `close`: the handler closed the channel.
+    Close,
+    /// `{error, Reason}`: the connection ends.
+    Error(ErrorReason),
+}
+
+/// A term that is not a valid message for where it arrived.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected {expected}, got {got}")]
+pub struct MessageError {
+    /// What would have been valid.
+    pub expected: &'static str,
+    /// A short rendering of what arrived (at most about 80 characters).
+    pub got: String,
+}
+
+impl MessageError {
+    fn new(expected: &'static str, got: &Term) -> MessageError {
+        MessageError {
+            expected,
+            got: snippet(got, 80),
+        }
+    }
+}
+
+/// Renders a term in Erlang syntax, cut to about `max` characters: for error messages
+/// and logs, which must never carry a whole hostile input.
+pub fn snippet(t: &Term, max: usize) -> String {
+    let mut s = t.to_string();
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+fn tagged<'a>(t: &'a Term, tag: &str) -> Option<&'a [Term]> {
+    match t.as_tuple() {
+        Some(items) if items.first().is_some_and(|h| h.is_atom(tag)) => Some(&items[1..]),
+        _ => None,
+    }
+}
+
+fn reference(t: &Term) -> Option<Ref> {
+    t.as_int().and_then(|i| u64::try_from(i).ok())
+}
+
+fn ref_term(id: Ref) -> Term {
+    // References come from the peer as non-negative i64s; ours are counters far below.
+    Term::Int(i64::try_from(id).unwrap_or(i64::MAX))
+}
+
+impl Hello {
+    const EXPECTED: &'static str =
+        "{start_service, Service, Password, ArgsC} or {ping, Ref} as the first frame";
+
+    /// The frame's term.
+    pub fn to_term(&self) -> Term {
+        match self {
+            Hello::StartService {
+                service,
+                password,
+                args,
+            } => Term::tuple([
+                Term::atom("start_service"),
+                Term::binary(service.as_bytes()),
+                Term::binary(&password.0),
+                args.clone(),
+            ]),
+            Hello::Ping(r) => Term::tuple([Term::atom("ping"), ref_term(*r)]),
+        }
+    }
+
+    /// Reads a first frame.
+    ///
+    /// # Errors
+    /// [`MessageError`] when `t` is neither a valid `start_service` nor a `ping`.
+    pub fn from_term(t: &Term) -> Result<Hello, MessageError> {
+        let err = || MessageError::new(Self::EXPECTED, t);
+        if let Some([service, password, args]) = tagged(t, "start_service") {
+            let service = match service {
+                Term::Atom(a) => a.as_str().to_owned(),
+                Term::Binary(b) => std::str::from_utf8(b).map_err(|_| err())?.to_owned(),
+                _ => return Err(err()),
+            };
+            let password = match password {
+                Term::Binary(b) => b.to_vec(),
+                Term::List(_) => password.as_charlist().ok_or_else(err)?.into_bytes(),
+                _ => return Err(err()),
+            };
+            return Ok(Hello::StartService {
+                service,
+                password: Password(password),
+                args: args.clone(),
+            });
+        }
+        if let Some([r]) = tagged(t, "ping") {
+            return reference(r).map(Hello::Ping).ok_or_else(err);
+        }
+        Err(err())
+    }
+}
+
+impl HandshakeReply {
+    const EXPECTED: &'static str = "{ok, #{..}}, {error, Reason} or {pong, Ref} in the handshake";
+
+    /// The frame's term.
+    pub fn to_term(&self) -> Term {
+        match self {
+            HandshakeReply::Welcome(w) => Term::tuple([
+                Term::atom("ok"),
+                Term::map([
+                    (Term::atom("protocol"), Term::Int(w.protocol)),
+                    (
+                        Term::atom("max_frame"),
+                        Term::Int(i64::try_from(w.max_frame).unwrap_or(i64::MAX)),
+                    ),
+                    (Term::atom("server"), Term::binary(w.server.as_bytes())),
+                ]),
+            ]),
+            HandshakeReply::Refused(r) => Term::tuple([Term::atom("error"), r.to_term()]),
+            HandshakeReply::Pong(r) => Term::tuple([Term::atom("pong"), ref_term(*r)]),
+        }
+    }
+
+    /// Reads the server's handshake answer. Unknown welcome keys are ignored.
+    ///
+    /// # Errors
+    /// [`MessageError`] for anything else, including a welcome without `protocol` or
+    /// `max_frame`.
+    pub fn from_term(t: &Term) -> Result<HandshakeReply, MessageError> {
+        let err = || MessageError::new(Self::EXPECTED, t);
+        if let Some([info]) = tagged(t, "ok") {
+            let int = |k: &str| info.map_get(&Term::atom(k)).and_then(Term::as_int);
+            let protocol = int("protocol").ok_or_else(err)?;
+            let max_frame = int("max_frame")
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(err)?;
+            let server = info
+                .map_get(&Term::atom("server"))
+                .and_then(Term::as_binary)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            return Ok(HandshakeReply::Welcome(Welcome {
+                protocol,
+                max_frame,
+                server,
+            }));
+        }
+        if let Some([reason]) = tagged(t, "error") {
+            return Ok(HandshakeReply::Refused(ErrorReason::from_term(reason)));
+        }
+        if let Some([r]) = tagged(t, "pong") {
+            return reference(r).map(HandshakeReply::Pong).ok_or_else(err);
+        }
+        Err(err())
+    }
+}
+
+impl ClientMessage {
+    const EXPECTED: &'static str = "{send, X}, {call, Ref, X}, {ping, Ref} or close";
+
+    /// The frame's term.
+    pub fn to_term(&self) -> Term {
+        match self {
+            ClientMessage::Send(x) => Term::tuple([Term::atom("send"), x.clone()]),
+            ClientMessage::Call { id, body } => {
+                Term::tuple([Term::atom("call"), ref_term(*id), body.clone()])
+            }
+            ClientMessage::Ping(r) => Term::tuple([Term::atom("ping"), ref_term(*r)]),
+            ClientMessage::Close => Term::atom("close"),
+        }
+    }
+
+    /// Reads a client frame.
+    ///
+    /// # Errors
+    /// [`MessageError`] for a term that is none of the four messages.
+    pub fn from_term(t: &Term) -> Result<ClientMessage, MessageError> {
+        let err = || MessageError::new(Self::EXPECTED, t);
+        if t.is_atom("close") {
+            return Ok(ClientMessage::Close);
+        }
+        let items = t.as_tuple().ok_or_else(err)?;
+        match items {
+            [tag, x] if tag.is_atom("send") => Ok(ClientMessage::Send(x.clone())),
+            [tag, r, x] if tag.is_atom("call") => Ok(ClientMessage::Call {
+                id: reference(r).ok_or_else(err)?,
+                body: x.clone(),
+            }),
+            [tag, r] if tag.is_atom("ping") => Ok(ClientMessage::Ping(reference(r).ok_or_else(err)?)),
+            _ => Err(err()),
+        }
+    }
+}
+
+impl ServerMessage {
+    const EXPECTED: &'static str =
+        "{send, Y}, {reply, Ref, Y}, {error, Ref, Reason}, {pong, Ref}, close or {error, Reason}";
+
+    /// The frame's term.
+    pub fn to_term(&self) -> Term {
+        match self {
+            ServerMessage::Send(y) => Term::tuple([Term::atom("send"), y.clone()]),
+            ServerMessage::Reply { id, body } => {
+                Term::tuple([Term::atom("reply"), ref_term(*id), body.clone()])
+            }
+            ServerMessage::CallError { id, reason } => {
+                Term::tuple([Term::atom("error"), ref_term(*id), reason.clone()])
+            }
+            ServerMessage::Pong(r) => Term::tuple([Term::atom("pong"), ref_term(*r)]),
+            ServerMessage::Close => Term::atom("close"),
+            ServerMessage::Error(r) => Term::tuple([Term::atom("error"), r.to_term()]),
+        }
+    }
+
+    /// Reads a server frame.
+    ///
+    /// # Errors
+    /// [`MessageError`] for a term that is none of the six messages.
+    pub fn from_term(t: &Term) -> Result<ServerMessage, MessageError> {
+        let err = || MessageError::new(Self::EXPECTED, t);
+        if t.is_atom("close") {
+            return Ok(ServerMessage::Close);
+        }
+        let items = t.as_tuple().ok_or_else(err)?;
+        match items {
+            [tag, y] if tag.is_atom("send") => Ok(ServerMessage::Send(y.clone())),
+            [tag, r, y] if tag.is_atom("reply") => Ok(ServerMessage::Reply {
+                id: reference(r).ok_or_else(err)?,
+                body: y.clone(),
+            }),
+            [tag, r, reason] if tag.is_atom("error") => Ok(ServerMessage::CallError {
+                id: reference(r).ok_or_else(err)?,
+                reason: reason.clone(),
+            }),
+            [tag, reason] if tag.is_atom("error") => {
+                Ok(ServerMessage::Error(ErrorReason::from_term(reason)))
+            }
+            [tag, r] if tag.is_atom("pong") => Ok(ServerMessage::Pong(reference(r).ok_or_else(err)?)),
+            _ => Err(err()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{parse, term};
+
+    #[test]
+    fn seed_handshake_parses_from_erlang_forms() {
+        let t = parse(r#"{start_service, nameServer, <<"ABXy45">>, ""}"#).unwrap();
+        let h = Hello::from_term(&t).unwrap();
+        assert_eq!(
+            h,
+            Hello::StartService {
+                service: "nameServer".into(),
+                password: Password(b"ABXy45".to_vec()),
+                args: Term::nil(),
+            }
+        );
+        // A charlist password and a binary service name are accepted too.
+        let t = parse(r#"{start_service, <<"nameServer">>, "ABXy45", []}"#).unwrap();
+        assert_eq!(Hello::from_term(&t).unwrap(), h);
+        assert_eq!(Hello::from_term(&term!({ping, 7})).unwrap(), Hello::Ping(7));
+        assert!(format!("{h:?}").contains("redacted"));
+        assert!(!format!("{h:?}").contains("ABXy45"));
+    }
+
+    #[test]
+    fn invalid_first_frames_say_what_was_expected() {
+        for bad in [
+            "{start_service, nameServer}",
+            "{start_service, 42, <<\"pw\">>, []}",
+            "{start_service, nameServer, 42, []}",
+            "{ping, -1}",
+            "hello",
+            "[start_service]",
+        ] {
+            let e = Hello::from_term(&parse(bad).unwrap()).unwrap_err();
+            assert!(e.to_string().contains("start_service"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn client_and_server_messages_round_trip() {
+        for m in [
+            ClientMessage::Send(term!({store, joe, "writing a book"})),
+            ClientMessage::Call {
+                id: 1,
+                body: term!({lookup, joe}),
+            },
+            ClientMessage::Ping(3),
+            ClientMessage::Close,
+        ] {
+            assert_eq!(ClientMessage::from_term(&m.to_term()).unwrap(), m);
+        }
+        for m in [
+            ServerMessage::Send(term!(hi)),
+            ServerMessage::Reply {
+                id: 1,
+                body: term!({ok, "writing a book"}),
+            },
+            ServerMessage::CallError {
+                id: 2,
+                reason: term!(no_reply),
+            },
+            ServerMessage::Pong(4),
+            ServerMessage::Close,
+            ServerMessage::Error(ErrorReason::SlowConsumer),
+            ServerMessage::Error(ErrorReason::Other(term!({weird, 1}))),
+        ] {
+            assert_eq!(ServerMessage::from_term(&m.to_term()).unwrap(), m);
+        }
+        for r in ErrorReason::NAMED.iter().map(|(r, _)| r) {
+            assert_eq!(&ErrorReason::from_term(&r.to_term()), r);
+        }
+    }
+
+    #[test]
+    fn welcome_ignores_unknown_keys_and_needs_the_known_ones() {
+        let w = parse("{ok, #{protocol => 1, max_frame => 1048576, server => <<\"x\">>, extra => 5}}")
+            .unwrap();
+        assert_eq!(
+            HandshakeReply::from_term(&w).unwrap(),
+            HandshakeReply::Welcome(Welcome {
+                protocol: 1,
+                max_frame: 1 << 20,
+                server: "x".into()
+            })
+        );
+        assert!(HandshakeReply::from_term(&parse("{ok, #{protocol => 1}}").unwrap()).is_err());
+        assert_eq!(
+            HandshakeReply::from_term(&parse("{error, auth_failed}").unwrap()).unwrap(),
+            HandshakeReply::Refused(ErrorReason::AuthFailed)
+        );
+    }
+
+    #[test]
+    fn bad_client_messages_are_errors_with_a_short_snippet() {
+        let long = Term::binary(vec![b'a'; 10_000]);
+        let e = ClientMessage::from_term(&Term::tuple([term!(nope), long])).unwrap_err();
+        assert!(e.got.len() < 100, "{}", e.got);
+        assert!(ClientMessage::from_term(&term!({call, x, y})).is_err());
+        assert!(ClientMessage::from_term(&term!({send, a, b})).is_err());
+    }
+}

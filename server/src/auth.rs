@@ -1,0 +1,222 @@
+//! Service passwords: argon2id hashing, the hash policy, and bounded verification.
+//!
+//! The config stores only argon2id PHC strings. Verification costs tens of milliseconds
+//! of CPU and memory in the megabytes, so it never runs on the async worker threads: a
+//! [`PasswordChecker`] runs it on the blocking pool, at most `max_password_checks` at
+//! once, with a bounded queue behind; past the queue the client is told `busy`. An
+//! unknown service runs a dummy verification with the same parameters, so a client
+//! cannot tell it from a wrong password by the reply or by the time it takes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
+
+/// The argon2 parameters new hashes get: the OWASP floor (m = 19 MiB, t = 2, p = 1).
+pub fn default_params() -> Params {
+    Params::default()
+}
+
+/// Hashes `password` as an argon2id PHC string with a random 16-byte salt.
+///
+/// # Panics
+/// Never in practice: the default parameters are valid.
+pub fn hash_password(password: &[u8]) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, default_params())
+        .hash_password(password, &salt)
+        .expect("default argon2 parameters are valid")
+        .to_string()
+}
+
+/// A stored hash outside the policy. Verification runs with the hash's own parameters,
+/// so one crafted hash could otherwise make each login cost hundreds of megabytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashPolicyError {
+    /// Not a PHC string at all (probably a plaintext password).
+    #[error("not an argon2 PHC string")]
+    NotAHash,
+    /// A PHC string that does not parse.
+    #[error("malformed argon2 hash: {0}")]
+    Malformed(String),
+    /// Another algorithm than argon2id.
+    #[error("algorithm {0} refused: only argon2id hashes are accepted")]
+    Algorithm(String),
+    /// Parameters outside the allowed range.
+    #[error("argon2 parameters {0} refused: allowed are m from 19456 to 65536 KiB, t from 2 to 4, p from 1 to 4, salt of 16 bytes or more")]
+    Params(String),
+}
+
+/// Checks a stored hash against the policy: argon2id, m 19 to 64 MiB, t 2 to 4, p 1 to 4,
+/// salt of 16 bytes or more.
+///
+/// # Errors
+/// [`HashPolicyError`] saying which rule it breaks.
+pub fn check_hash_policy(phc: &str) -> Result<(), HashPolicyError> {
+    if !phc.starts_with("$argon2") {
+        return Err(HashPolicyError::NotAHash);
+    }
+    let hash = PasswordHash::new(phc).map_err(|e| HashPolicyError::Malformed(e.to_string()))?;
+    if hash.algorithm != argon2::ARGON2ID_IDENT {
+        return Err(HashPolicyError::Algorithm(hash.algorithm.to_string()));
+    }
+    let params = Params::try_from(&hash).map_err(|e| HashPolicyError::Malformed(e.to_string()))?;
+    let salt_len = hash.salt.map_or(0, |s| {
+        let mut buf = [0u8; 64];
+        s.decode_b64(&mut buf).map_or(0, |b| b.len())
+    });
+    let ok = (19_456..=65_536).contains(&params.m_cost())
+        && (2..=4).contains(&params.t_cost())
+        && (1..=4).contains(&params.p_cost())
+        && salt_len >= 16
+        && hash.hash.is_some();
+    if !ok {
+        return Err(HashPolicyError::Params(format!(
+            "m={},t={},p={} with a {salt_len}-byte salt",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        )));
+    }
+    Ok(())
+}
+
+/// Verifies `password` against a PHC string (synchronously: call off the async threads).
+pub fn verify_password(phc: &str, password: &[u8]) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(hash) => Argon2::default().verify_password(password, &hash).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The answer of a bounded password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// The password matches the service's hash.
+    Valid,
+    /// Unknown service or wrong password (indistinguishable on purpose).
+    Invalid,
+    /// Every verification slot and queue place is taken.
+    Busy,
+}
+
+/// Runs argon2 verifications on the blocking pool with a bound on how many run and wait.
+#[derive(Debug, Clone)]
+pub struct PasswordChecker {
+    inner: Arc<CheckerInner>,
+}
+
+#[derive(Debug)]
+struct CheckerInner {
+    /// One permit per verification allowed to run at once.
+    running: Semaphore,
+    /// Checks running or waiting; past `running + queue` new ones are refused.
+    admitted: AtomicUsize,
+    /// How many may be admitted at most.
+    max_admitted: usize,
+    /// A hash with the default parameters, verified for unknown services.
+    dummy_hash: String,
+}
+
+impl PasswordChecker {
+    /// A checker running at most `concurrent` verifications with `queue` more waiting.
+    pub fn new(concurrent: usize, queue: usize) -> PasswordChecker {
+        PasswordChecker {
+            inner: Arc::new(CheckerInner {
+                running: Semaphore::new(concurrent.max(1)),
+                admitted: AtomicUsize::new(0),
+                max_admitted: concurrent.max(1) + queue,
+                dummy_hash: hash_password(b"lib_chan dummy password for unknown services"),
+            }),
+        }
+    }
+
+    /// Checks `password` against `phc`, or against the dummy hash when the service is
+    /// unknown (`phc` is `None`), which then always ends `Invalid`.
+    pub async fn check(&self, phc: Option<&str>, password: Vec<u8>) -> CheckOutcome {
+        let inner = &self.inner;
+        if inner.admitted.fetch_add(1, Ordering::AcqRel) >= inner.max_admitted {
+            inner.admitted.fetch_sub(1, Ordering::AcqRel);
+            return CheckOutcome::Busy;
+        }
+        let _admitted = AdmittedGuard(&inner.admitted);
+        let Ok(_permit) = inner.running.acquire().await else {
+            return CheckOutcome::Busy;
+        };
+        let known = phc.is_some();
+        let hash = phc.unwrap_or(&inner.dummy_hash).to_owned();
+        let matched = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        if matched && known {
+            CheckOutcome::Valid
+        } else {
+            CheckOutcome::Invalid
+        }
+    }
+}
+
+/// Gives an admission back when a check ends, however it ends (even if cancelled).
+struct AdmittedGuard<'a>(&'a AtomicUsize);
+
+impl Drop for AdmittedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_meet_the_policy() {
+        let h = hash_password(b"ABXy45");
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert_eq!(check_hash_policy(&h), Ok(()));
+        assert!(verify_password(&h, b"ABXy45"));
+        assert!(!verify_password(&h, b"ABXy46"));
+    }
+
+    #[test]
+    fn policy_refuses_plaintext_other_algorithms_and_costly_params() {
+        assert_eq!(check_hash_policy("ABXy45"), Err(HashPolicyError::NotAHash));
+        assert!(matches!(check_hash_policy("$argon2id$garbage"), Err(HashPolicyError::Malformed(_))));
+        let salt = "c2FsdHNhbHRzYWx0c2FsdA"; // 16 bytes
+        let out = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"; // 32 bytes
+        let with = |alg: &str, params: &str| format!("${alg}$v=19${params}${salt}${out}");
+        assert!(matches!(
+            check_hash_policy(&with("argon2i", "m=19456,t=2,p=1")),
+            Err(HashPolicyError::Algorithm(_))
+        ));
+        assert_eq!(check_hash_policy(&with("argon2id", "m=19456,t=2,p=1")), Ok(()));
+        for bad in ["m=262144,t=2,p=1", "m=8,t=2,p=1", "m=19456,t=1,p=1", "m=19456,t=10,p=1", "m=19456,t=2,p=8"] {
+            assert!(
+                matches!(check_hash_policy(&with("argon2id", bad)), Err(HashPolicyError::Params(_))),
+                "{bad}"
+            );
+        }
+        let short_salt = format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA${out}");
+        assert!(matches!(check_hash_policy(&short_salt), Err(HashPolicyError::Params(_))));
+    }
+
+    #[tokio::test]
+    async fn unknown_service_is_invalid_and_the_queue_is_bounded() {
+        let checker = PasswordChecker::new(1, 0);
+        let h = hash_password(b"pw");
+        assert_eq!(checker.check(Some(&h), b"pw".to_vec()).await, CheckOutcome::Valid);
+        assert_eq!(checker.check(Some(&h), b"no".to_vec()).await, CheckOutcome::Invalid);
+        assert_eq!(checker.check(None, b"pw".to_vec()).await, CheckOutcome::Invalid);
+        // One running, none may wait: a second concurrent check is refused.
+        let (a, b) = tokio::join!(
+            checker.check(Some(&h), b"pw".to_vec()),
+            checker.check(Some(&h), b"pw".to_vec())
+        );
+        let mut outcomes = [a, b];
+        outcomes.sort_by_key(|o| *o as u8);
+        assert_eq!(outcomes, [CheckOutcome::Valid, CheckOutcome::Busy]);
+    }
+}

@@ -1,0 +1,463 @@
+//! `lib_chan.conf`: the TOML configuration, loaded and validated before anything starts.
+//!
+//! Every error names the file, the line and the key, e.g.
+//! `lib_chan.conf:9: service[0].password: plaintext password refused; ...`, and no
+//! bad config reaches a panic. [`Config`] can also be built in code (the book's
+//! `lib_chan:start_server(Conf)`), with [`Config::new`] and its public fields.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lib_chan_protocol::{Term, DEFAULT_MAX_FRAME};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::auth::{check_hash_policy, HashPolicyError};
+use crate::registry::Registry;
+
+/// The port the book's lib_chan uses.
+pub const DEFAULT_PORT: u16 = 1234;
+
+/// Where a config error was found and what it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file (or `<config>` for one built in code).
+    pub file: PathBuf,
+    /// The 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key, e.g. `service[0].password`, when known.
+    pub key: Option<String>,
+    /// What was wrong, and how to fix it where that is not obvious.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the server's certificate chain and private key come from.
+#[derive(Clone)]
+pub enum TlsSource {
+    /// PEM files on disk; the key file must not be readable by group or others.
+    Files {
+        /// The certificate chain, leaf first.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+    },
+    /// PEM text held in memory (for embedding and tests).
+    Pem {
+        /// The certificate chain, leaf first.
+        cert: String,
+        /// The private key.
+        key: String,
+    },
+}
+
+impl fmt::Debug for TlsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsSource::Files { cert, key } => f
+                .debug_struct("Files")
+                .field("cert", cert)
+                .field("key", key)
+                .finish(),
+            TlsSource::Pem { .. } => f.write_str("Pem(<in memory>)"),
+        }
+    }
+}
+
+/// One `[[service]]` entry: a name, its password hash, the handler and `ArgsS`.
+#[derive(Clone)]
+pub struct ServiceConfig {
+    /// The name clients ask for, e.g. `nameServer`.
+    pub name: String,
+    /// The password as an argon2id PHC string.
+    pub password_hash: String,
+    /// The registered handler, e.g. `mod_name_server`.
+    pub handler: String,
+    /// `ArgsS`, handed to the handler.
+    pub args: Term,
+}
+
+impl fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("name", &self.name)
+            .field("handler", &self.handler)
+            .field("args", &self.args)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Limits and deadlines, each a `[limits]` key with the default given here.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `tls_handshake_timeout` (seconds, default 5): TCP accept to TLS established.
+    pub tls_handshake_timeout: Duration,
+    /// `handshake_timeout` (seconds, default 10): TCP accept to `{ok, ..}`.
+    pub handshake_timeout: Duration,
+    /// `max_frame` (bytes, default 1 MiB): the largest frame after the handshake.
+    pub max_frame: usize,
+    /// `max_connections` (default 4096): open connections in all.
+    pub max_connections: usize,
+    /// `max_password_checks` (default: one per core): argon2 verifications at once.
+    pub max_password_checks: usize,
+    /// `password_check_queue` (default 64): verifications waiting for a slot; past it
+    /// the client gets `{error, busy}`.
+    pub password_check_queue: usize,
+    /// `max_calls_in_flight` (default 1024): calls per connection not yet answered;
+    /// past it a call gets `{error, Ref, busy}`.
+    pub max_calls_in_flight: usize,
+    /// `outbound_queue` (default 1024): pushes queued per connection before a handler's
+    /// `send` waits.
+    pub outbound_queue: usize,
+    /// `write_timeout` (seconds, default 10): a write blocked this long closes the
+    /// connection with `{error, slow_consumer}`.
+    pub write_timeout: Duration,
+    /// `idle_timeout` (seconds, default 0 = off): close a connection silent this long.
+    pub idle_timeout: Option<Duration>,
+    /// `shutdown_grace` (seconds, default 5): how long shutdown waits for calls in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            tls_handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            max_frame: DEFAULT_MAX_FRAME,
+            max_connections: 4096,
+            max_password_checks: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            password_check_queue: 64,
+            max_calls_in_flight: 1024,
+            outbound_queue: 1024,
+            write_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages; `<config>` when built in code.
+    pub source: PathBuf,
+    /// The address to listen on (`bind`, default 0.0.0.0).
+    pub bind: IpAddr,
+    /// The port (`port`, default 1234; 0 picks a free one).
+    pub port: u16,
+    /// The certificate and key (`[tls]`).
+    pub tls: TlsSource,
+    /// The services offered (`[[service]]`).
+    pub services: Vec<ServiceConfig>,
+    /// Limits and deadlines (`[limits]`).
+    pub limits: Limits,
+}
+
+impl Config {
+    /// A config with no services, listening on `bind:port`, for building in code.
+    pub fn new(bind: IpAddr, port: u16, tls: TlsSource) -> Config {
+        Config {
+            source: PathBuf::from("<config>"),
+            bind,
+            port,
+            tls,
+            services: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Reads and validates a config file against the handlers in `registry`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the line and the key.
+    pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(&text, path, registry)
+    }
+
+    /// Parses config text; `path` names it in errors and anchors relative paths.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, the line and the key.
+    pub fn parse(text: &str, path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
+        let doc = Doc { text, path };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut limits = Limits::default();
+        if let Some(l) = &raw.limits {
+            l.apply(&doc, &mut limits)?;
+        }
+        let port = match &raw.port {
+            Some(p) => u16::try_from(*p.get_ref())
+                .map_err(|_| doc.error(p.span(), "port", "must be from 0 to 65535"))?,
+            None => DEFAULT_PORT,
+        };
+        let bind = match &raw.bind {
+            Some(b) => b
+                .get_ref()
+                .parse()
+                .map_err(|_| doc.error(b.span(), "bind", "not an IP address, e.g. \"0.0.0.0\" or \"::1\""))?,
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let tls = match raw.tls {
+            Some(t) => TlsSource::Files {
+                cert: base.join(t.cert.get_ref()),
+                key: base.join(t.key.get_ref()),
+            },
+            None => {
+                return Err(ConfigError {
+                    file: path.to_owned(),
+                    line: None,
+                    key: Some("tls".into()),
+                    message: "missing [tls] table with cert and key (see lib_chan.conf.example; \
+                              `lib_chan gen-cert` makes development certificates)"
+                        .into(),
+                })
+            }
+        };
+        let mut services = Vec::new();
+        for (i, s) in raw.service.iter().enumerate() {
+            services.push(s.validate(&doc, i, registry, &services)?);
+        }
+        Ok(Config {
+            source: path.to_owned(),
+            bind,
+            port,
+            tls,
+            services,
+            limits,
+        })
+    }
+
+    /// Checks a config built in code: handlers registered, hashes within policy, names
+    /// unique. [`Config::parse`] does the same with line numbers.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the service key at fault.
+    pub fn validate(&self, registry: &Registry) -> Result<(), ConfigError> {
+        let err = |key: String, message: String| ConfigError {
+            file: self.source.clone(),
+            line: None,
+            key: Some(key),
+            message,
+        };
+        for (i, s) in self.services.iter().enumerate() {
+            if !registry.contains(&s.handler) {
+                return Err(err(format!("service[{i}].handler"), unknown_handler(&s.handler, registry)));
+            }
+            check_hash_policy(&s.password_hash)
+                .map_err(|e| err(format!("service[{i}].password"), e.to_string()))?;
+            if self.services[..i].iter().any(|o| o.name == s.name) {
+                return Err(err(format!("service[{i}].name"), format!("service `{}` is defined twice", s.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unknown_handler(name: &str, registry: &Registry) -> String {
+    format!(
+        "unknown handler `{name}`; registered handlers: {}",
+        registry.names().join(", ")
+    )
+}
+
+/// The config text, for turning byte spans into line numbers and keys.
+struct Doc<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Doc<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    fn error(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            line: Some(self.line_of(span.start)),
+            key: Some(key.to_owned()),
+            message: message.to_owned(),
+        }
+    }
+
+    /// A TOML syntax or type error: the key is read off the line the span points at.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let (line, key) = match e.span() {
+            Some(span) => {
+                let line = self.line_of(span.start);
+                let text = self.text.lines().nth(line - 1).unwrap_or("");
+                let key = text
+                    .split_once('=')
+                    .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+                    .filter(|k| !k.is_empty() && !k.starts_with('['));
+                (Some(line), key)
+            }
+            None => (None, None),
+        };
+        ConfigError {
+            file: self.path.to_owned(),
+            line,
+            key,
+            message: e.message().trim().to_owned(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    port: Option<Spanned<i64>>,
+    bind: Option<Spanned<String>>,
+    tls: Option<RawTls>,
+    limits: Option<RawLimits>,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    tls_handshake_timeout: Option<Spanned<f64>>,
+    handshake_timeout: Option<Spanned<f64>>,
+    max_frame: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    max_password_checks: Option<Spanned<i64>>,
+    password_check_queue: Option<Spanned<i64>>,
+    max_calls_in_flight: Option<Spanned<i64>>,
+    outbound_queue: Option<Spanned<i64>>,
+    write_timeout: Option<Spanned<f64>>,
+    idle_timeout: Option<Spanned<f64>>,
+    shutdown_grace: Option<Spanned<f64>>,
+}
+
+impl RawLimits {
+    fn apply(&self, doc: &Doc<'_>, l: &mut Limits) -> Result<(), ConfigError> {
+        let secs = |v: &Option<Spanned<f64>>, key: &str, out: &mut Duration| {
+            if let Some(v) = v {
+                let s = *v.get_ref();
+                if !(s > 0.0 && s <= 86_400.0) {
+                    return Err(doc.error(v.span(), key, "must be a number of seconds above 0 and at most 86400"));
+                }
+                *out = Duration::from_secs_f64(s);
+            }
+            Ok(())
+        };
+        let count = |v: &Option<Spanned<i64>>, key: &str, min: i64, max: i64, out: &mut usize| {
+            if let Some(v) = v {
+                let n = *v.get_ref();
+                if n < min || n > max {
+                    return Err(doc.error(v.span(), key, &format!("must be from {min} to {max}")));
+                }
+                *out = n as usize;
+            }
+            Ok(())
+        };
+        secs(&self.tls_handshake_timeout, "limits.tls_handshake_timeout", &mut l.tls_handshake_timeout)?;
+        secs(&self.handshake_timeout, "limits.handshake_timeout", &mut l.handshake_timeout)?;
+        secs(&self.write_timeout, "limits.write_timeout", &mut l.write_timeout)?;
+        secs(&self.shutdown_grace, "limits.shutdown_grace", &mut l.shutdown_grace)?;
+        if let Some(v) = &self.idle_timeout {
+            let s = *v.get_ref();
+            l.idle_timeout = if s == 0.0 {
+                None
+            } else {
+                let mut d = Duration::ZERO;
+                secs(&self.idle_timeout, "limits.idle_timeout", &mut d)?;
+                Some(d)
+            };
+        }
+        count(&self.max_frame, "limits.max_frame", 4096, 64 << 20, &mut l.max_frame)?;
+        count(&self.max_connections, "limits.max_connections", 1, 1 << 20, &mut l.max_connections)?;
+        count(&self.max_password_checks, "limits.max_password_checks", 1, 256, &mut l.max_password_checks)?;
+        count(&self.password_check_queue, "limits.password_check_queue", 0, 1 << 16, &mut l.password_check_queue)?;
+        count(&self.max_calls_in_flight, "limits.max_calls_in_flight", 1, 1 << 20, &mut l.max_calls_in_flight)?;
+        count(&self.outbound_queue, "limits.outbound_queue", 1, 1 << 20, &mut l.outbound_queue)?;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    password: Spanned<String>,
+    handler: Spanned<String>,
+    args: Option<Spanned<String>>,
+}
+
+impl RawService {
+    fn validate(
+        &self,
+        doc: &Doc<'_>,
+        i: usize,
+        registry: &Registry,
+        earlier: &[ServiceConfig],
+    ) -> Result<ServiceConfig, ConfigError> {
+        let key = |k: &str| format!("service[{i}].{k}");
+        let name = self.name.get_ref();
+        if name.is_empty() {
+            return Err(doc.error(self.name.span(), &key("name"), "must not be empty"));
+        }
+        if earlier.iter().any(|s| &s.name == name) {
+            return Err(doc.error(self.name.span(), &key("name"), &format!("service `{name}` is defined twice")));
+        }
+        let handler = self.handler.get_ref();
+        if !registry.contains(handler) {
+            return Err(doc.error(self.handler.span(), &key("handler"), &unknown_handler(handler, registry)));
+        }
+        let hash = self.password.get_ref();
+        if let Err(e) = check_hash_policy(hash) {
+            let message = match e {
+                HashPolicyError::NotAHash => "plaintext password refused: store only its hash; run \
+                     `lib_chan hash-password`, type the password, and paste the $argon2id$... line it prints"
+                    .to_owned(),
+                other => other.to_string(),
+            };
+            return Err(doc.error(self.password.span(), &key("password"), &message));
+        }
+        let args = match &self.args {
+            Some(a) => lib_chan_protocol::parse(a.get_ref()).map_err(|e| {
+                doc.error(a.span(), &key("args"), &format!("not an Erlang term: {e}"))
+            })?,
+            None => Term::nil(),
+        };
+        Ok(ServiceConfig {
+            name: name.clone(),
+            password_hash: hash.clone(),
+            handler: handler.clone(),
+            args,
+        })
+    }
+}

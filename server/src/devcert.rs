@@ -1,0 +1,178 @@
+//! Development certificates: a private CA and a server certificate signed by it.
+//!
+//! `lib_chan gen-cert` and the default `lib_chan serve` use this, and so do the tests.
+//! A CA plus a leaf is what both rustls and Erlang's `ssl` accept (a lone self-signed
+//! leaf is rejected by Erlang as `selfsigned_peer`, and a CA used as the server
+//! certificate is rejected by rustls as `CaUsedAsEndEntity`).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+
+/// A CA and a server certificate signed by it, all in PEM.
+#[derive(Clone)]
+pub struct DevCerts {
+    /// The CA certificate, which clients trust.
+    pub ca_pem: String,
+    /// The CA's private key, kept to sign more server certificates later.
+    pub ca_key_pem: String,
+    /// The server certificate chain (leaf, then CA).
+    pub server_pem: String,
+    /// The server's private key.
+    pub server_key_pem: String,
+}
+
+impl std::fmt::Debug for DevCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCerts").finish_non_exhaustive()
+    }
+}
+
+/// Paths of the files [`DevCerts::write`] makes in a directory.
+#[derive(Debug, Clone)]
+pub struct DevCertPaths {
+    /// `DIR/ca.pem`.
+    pub ca: PathBuf,
+    /// `DIR/ca.key` (mode 0600).
+    pub ca_key: PathBuf,
+    /// `DIR/server.pem`.
+    pub cert: PathBuf,
+    /// `DIR/server.key` (mode 0600).
+    pub key: PathBuf,
+}
+
+impl DevCertPaths {
+    /// The paths in `dir`.
+    pub fn in_dir(dir: &Path) -> DevCertPaths {
+        DevCertPaths {
+            ca: dir.join("ca.pem"),
+            ca_key: dir.join("ca.key"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
+    }
+
+    /// True when every file is there.
+    pub fn all_exist(&self) -> bool {
+        [&self.ca, &self.ca_key, &self.cert, &self.key]
+            .iter()
+            .all(|p| p.exists())
+    }
+}
+
+/// A failure to make or write certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum DevCertError {
+    /// rcgen refused.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl DevCerts {
+    /// Makes a new CA and a server certificate for `hosts` (DNS names or IP addresses).
+    ///
+    /// # Errors
+    /// [`DevCertError::Generate`] when a host is neither a DNS name nor an IP address.
+    pub fn generate(hosts: &[String]) -> Result<DevCerts, DevCertError> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "lib_chan development CA");
+        ca_params.distinguished_name = dn;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca_params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        ca_params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, &ca_key);
+
+        let server_key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(hosts.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            hosts.first().map(String::as_str).unwrap_or("lib_chan"),
+        );
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+        let server_cert = params.signed_by(&server_key, &issuer)?;
+
+        Ok(DevCerts {
+            ca_pem: ca_cert.pem(),
+            ca_key_pem: ca_key.serialize_pem(),
+            server_pem: format!("{}{}", server_cert.pem(), ca_cert.pem()),
+            server_key_pem: server_key.serialize_pem(),
+        })
+    }
+
+    /// Writes the four files into `dir` (created if needed); key files get mode 0600.
+    ///
+    /// # Errors
+    /// [`DevCertError::Write`] naming the file that could not be written.
+    pub fn write(&self, dir: &Path) -> Result<DevCertPaths, DevCertError> {
+        let paths = DevCertPaths::in_dir(dir);
+        fs::create_dir_all(dir).map_err(|source| DevCertError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        write_file(&paths.ca, &self.ca_pem, 0o644)?;
+        write_file(&paths.ca_key, &self.ca_key_pem, 0o600)?;
+        write_file(&paths.cert, &self.server_pem, 0o644)?;
+        write_file(&paths.key, &self.server_key_pem, 0o600)?;
+        Ok(paths)
+    }
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), DevCertError> {
+    let err = |source| DevCertError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    // Remove first so that an existing file's looser mode does not survive.
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(text.as_bytes()).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn writes_a_ca_and_a_leaf_with_private_keys() {
+        let dir = std::env::temp_dir().join(format!("lib_chan_devcert_{}", std::process::id()));
+        let certs = DevCerts::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let paths = certs.write(&dir).unwrap();
+        assert!(paths.all_exist());
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&paths.key), 0o600);
+        assert_eq!(mode(&paths.ca_key), 0o600);
+        // The chain holds the leaf and the CA.
+        assert_eq!(certs.server_pem.matches("BEGIN CERTIFICATE").count(), 2);
+        assert_ne!(certs.ca_pem, certs.server_pem);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,324 @@
+//! The handler API: what a service author writes against.
+//!
+//! In the book, lib_chan spawns the service's handler for each connection and puts a
+//! *middle man* process between it and the socket: the handler receives `{chan, MM, X}`
+//! and `{chan_closed, MM}`, and answers with `MM ! {send, Y}` or `MM ! close`. Here:
+//!
+//! - a [`Service`] is made once per `[[service]]` entry (so state it holds is shared by
+//!   all its connections) and [`Service::start`]s one handler per connection, which runs
+//!   in its own task;
+//! - the handler reads [`Event`]s from its [`Session`]: [`Event::Send`] (`{chan, MM, X}`),
+//!   [`Event::Call`] (a request with a [`Call`] to answer once), and [`Event::Closed`]
+//!   (`{chan_closed, MM}`);
+//! - it talks back through the [`MiddleMan`] handle, which it may clone and use from any
+//!   task: [`MiddleMan::send`] pushes `{send, Y}`, [`MiddleMan::close`] ends the channel.
+//!
+//! A [`Call`] dropped without an answer is answered `{error, Ref, no_reply}` (or
+//! `handler_crashed` when dropped while the handler panics), so no client waits forever.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use lib_chan_server::handler::{Event, HandlerFuture, Service, Session};
+//!
+//! /// Replies to every call with its request, and echoes every send.
+//! struct Echo;
+//!
+//! impl Service for Echo {
+//!     fn start(self: Arc<Self>, mut session: Session) -> HandlerFuture {
+//!         Box::pin(async move {
+//!             while let Some(event) = session.next_event().await {
+//!                 match event {
+//!                     Event::Send(x) => {
+//!                         let _ = session.middle_man().send(x).await;
+//!                     }
+//!                     Event::Call(call) => {
+//!                         let request = call.request().clone();
+//!                         call.reply(request);
+//!                     }
+//!                     Event::Closed => break,
+//!                 }
+//!             }
+//!         })
+//!     }
+//! }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lib_chan_protocol::message::Ref;
+use lib_chan_protocol::Term;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+/// The future a handler runs as, in its own task.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A service: one value per `[[service]]` entry, shared by all its connections.
+pub trait Service: Send + Sync + 'static {
+    /// Runs the handler for one authenticated connection. The channel stays open until
+    /// the returned future ends, the handler calls [`MiddleMan::close`], or the client
+    /// goes away.
+    fn start(self: Arc<Self>, session: Session) -> HandlerFuture;
+}
+
+/// What a handler receives.
+#[derive(Debug)]
+pub enum Event {
+    /// A one-way message: lib_chan's `{chan, MM, X}`.
+    Send(Term),
+    /// A request to answer once.
+    Call(Call),
+    /// The client closed the channel or went away: lib_chan's `{chan_closed, MM}`. After
+    /// it [`Session::next_event`] returns `None`.
+    Closed,
+}
+
+/// One connection, as its handler sees it.
+#[derive(Debug)]
+pub struct Session {
+    pub(crate) middle_man: MiddleMan,
+    pub(crate) events: mpsc::Receiver<Event>,
+    pub(crate) args_c: Term,
+    pub(crate) args_s: Term,
+}
+
+impl Session {
+    /// The next event; `None` once the channel is closed and every event was read.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The handle to talk to the client through (lib_chan's `MM`).
+    pub fn middle_man(&self) -> &MiddleMan {
+        &self.middle_man
+    }
+
+    /// The client's `ArgsC` from `start_service`.
+    pub fn args_c(&self) -> &Term {
+        &self.args_c
+    }
+
+    /// The service's `ArgsS` from the config.
+    pub fn args_s(&self) -> &Term {
+        &self.args_s
+    }
+}
+
+/// What the middle man task writes, in the order handlers produced it.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// `{send, Y}`; the permit bounds how many pushes may wait unwritten.
+    Push(Term, Option<OwnedSemaphorePermit>),
+    /// `{reply, Ref, Y}`.
+    Reply(Ref, Term),
+    /// `{error, Ref, Reason}`.
+    CallError(Ref, Term),
+    /// `close`.
+    Close,
+}
+
+/// The channel is closed: nothing more can be sent on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the channel is closed")]
+pub struct ChannelClosed;
+
+/// Why [`MiddleMan::try_send`] could not queue a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TrySendError {
+    /// The channel is closed.
+    #[error("the channel is closed")]
+    Closed,
+    /// The outbound queue is full: the client is not reading fast enough.
+    #[error("the outbound queue is full")]
+    Full,
+}
+
+/// A handle on one connection's middle man: lib_chan's `MM`. Cheap to clone, usable
+/// from any task.
+#[derive(Clone)]
+pub struct MiddleMan {
+    pub(crate) inner: Arc<MiddleManShared>,
+}
+
+pub(crate) struct MiddleManShared {
+    pub(crate) id: u64,
+    pub(crate) peer: SocketAddr,
+    pub(crate) service: String,
+    pub(crate) out: mpsc::UnboundedSender<Outbound>,
+    /// One permit per push allowed to wait in the outbound queue.
+    pub(crate) push_permits: Arc<Semaphore>,
+    pub(crate) closed: AtomicBool,
+}
+
+impl fmt::Debug for MiddleMan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MiddleMan")
+            .field("id", &self.inner.id)
+            .field("peer", &self.inner.peer)
+            .field("service", &self.inner.service)
+            .finish()
+    }
+}
+
+/// Connection ids, unique within the process.
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+impl MiddleMan {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        service: String,
+        queue: usize,
+    ) -> (MiddleMan, mpsc::UnboundedReceiver<Outbound>) {
+        let (out, rx) = mpsc::unbounded_channel();
+        let mm = MiddleMan {
+            inner: Arc::new(MiddleManShared {
+                id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+                peer,
+                service,
+                out,
+                push_permits: Arc::new(Semaphore::new(queue)),
+                closed: AtomicBool::new(false),
+            }),
+        };
+        (mm, rx)
+    }
+
+    /// Pushes `{send, Y}` to the client, waiting while the outbound queue is full.
+    ///
+    /// # Errors
+    /// [`ChannelClosed`] once the channel is closed.
+    pub async fn send(&self, y: Term) -> Result<(), ChannelClosed> {
+        let permit = Arc::clone(&self.inner.push_permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| ChannelClosed)?;
+        self.queue(Outbound::Push(y, Some(permit)))
+    }
+
+    /// Pushes `{send, Y}` without waiting: for code that must not block, such as one
+    /// connection notifying many others.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] when the client is not keeping up (the caller may then
+    /// [`close`](MiddleMan::close) it), [`TrySendError::Closed`] once closed.
+    pub fn try_send(&self, y: Term) -> Result<(), TrySendError> {
+        let permit = match Arc::clone(&self.inner.push_permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::NoPermits) => return Err(TrySendError::Full),
+            Err(TryAcquireError::Closed) => return Err(TrySendError::Closed),
+        };
+        self.queue(Outbound::Push(y, Some(permit)))
+            .map_err(|_| TrySendError::Closed)
+    }
+
+    /// Closes the channel: the client receives `close`, and the connection ends.
+    pub fn close(&self) {
+        let _ = self.queue(Outbound::Close);
+    }
+
+    /// True once the channel is closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.inner.peer
+    }
+
+    /// The service name the client connected to.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// A number identifying this connection within the server process.
+    pub fn connection_id(&self) -> u64 {
+        self.inner.id
+    }
+
+    pub(crate) fn queue(&self, o: Outbound) -> Result<(), ChannelClosed> {
+        if self.is_closed() {
+            return Err(ChannelClosed);
+        }
+        self.inner.out.send(o).map_err(|_| ChannelClosed)
+    }
+
+    pub(crate) fn mark_closed(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.push_permits.close();
+    }
+}
+
+/// A request waiting for its answer. Answer it once with [`Call::reply`] or
+/// [`Call::fail`]; from any task.
+pub struct Call {
+    id: Ref,
+    request: Term,
+    middle_man: Option<MiddleMan>,
+}
+
+impl fmt::Debug for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("id", &self.id)
+            .field("request", &self.request)
+            .finish()
+    }
+}
+
+impl Call {
+    pub(crate) fn new(id: Ref, request: Term, middle_man: MiddleMan) -> Call {
+        Call {
+            id,
+            request,
+            middle_man: Some(middle_man),
+        }
+    }
+
+    /// The request, `X` in `{call, Ref, X}`.
+    pub fn request(&self) -> &Term {
+        &self.request
+    }
+
+    /// The reference the client picked.
+    pub fn id(&self) -> Ref {
+        self.id
+    }
+
+    /// Answers with `{reply, Ref, Y}`.
+    pub fn reply(mut self, y: Term) {
+        if let Some(mm) = self.middle_man.take() {
+            let _ = mm.queue(Outbound::Reply(self.id, y));
+        }
+    }
+
+    /// Answers with `{error, Ref, Reason}`.
+    pub fn fail(mut self, reason: Term) {
+        if let Some(mm) = self.middle_man.take() {
+            let _ = mm.queue(Outbound::CallError(self.id, reason));
+        }
+    }
+
+    /// Answers with `{error, Ref, {bad_request, X}}`: the service does not understand X.
+    pub fn bad_request(self) {
+        let reason = Term::tuple([Term::atom("bad_request"), self.request.clone()]);
+        self.fail(reason);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let Some(mm) = self.middle_man.take() {
+            let reason = if std::thread::panicking() {
+                "handler_crashed"
+            } else {
+                "no_reply"
+            };
+            let _ = mm.queue(Outbound::CallError(self.id, Term::atom(reason)));
+        }
+    }
+}

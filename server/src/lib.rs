@@ -1,0 +1,40 @@
+//! The lib_chan channel server: offers the services its configuration names, each behind
+//! a password, to clients that connect over TLS (PROTOCOL.md).
+//!
+//! # Layout
+//! - [`config`]: `lib_chan.conf`, loaded and validated (file, line and key in errors).
+//! - [`tls`]: the rustls server configuration from the certificate and key.
+//! - [`devcert`]: development certificates (a CA and a server certificate).
+//! - [`auth`]: argon2id password hashes, their policy, bounded verification.
+//! - [`registry`]: handler names to the code that makes services.
+//! - [`handler`]: the API service authors write against ([`Service`], [`Session`], ...).
+//! - `handshake`: TLS and `start_service`, under deadlines.
+//! - `middle_man`: one task per connection between the socket and the handler.
+//! - [`server`]: binding, the accept loop and graceful shutdown.
+//!
+//! # Example
+//! ```no_run
+//! # async fn example(registry: lib_chan_server::Registry) -> Result<(), Box<dyn std::error::Error>> {
+//! use lib_chan_server::{Config, Server};
+//! let config = Config::load("lib_chan.conf".as_ref(), &registry)?;
+//! let server = Server::bind(config, &registry).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod config;
+pub mod devcert;
+pub mod handler;
+mod handshake;
+mod middle_man;
+pub mod registry;
+pub mod server;
+pub mod tls;
+
+pub use config::{Config, ConfigError, Limits, ServiceConfig, TlsSource};
+pub use handler::{Call, Event, HandlerFuture, MiddleMan, Service, Session};
+pub use middle_man::CloseReason;
+pub use registry::Registry;
+pub use server::{Server, ServerHandle, StartError};

@@ -1,0 +1,427 @@
+//! The middle man: one task per authenticated connection (lib_chan's `lib_chan_mm`).
+//!
+//! It owns the TLS stream. Frames from the client become [`Event`]s for the handler,
+//! which runs in a task of its own; what the handler queues on its [`MiddleMan`] handle
+//! (pushes, replies, call errors, close) becomes frames, written in the order the handler
+//! produced them, with every frame that is ready coalesced into one write.
+//!
+//! The task tracks the calls in flight, so that when the handler ends, panics or closes,
+//! each unanswered call still gets `{error, Ref, Reason}` before `close`. Connection-level
+//! errors end with `{error, Reason}` and the lingering close of PROTOCOL.md section 6.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use lib_chan_protocol::message::{ClientMessage, ErrorReason, Ref, ServerMessage};
+use lib_chan_protocol::{etf, FrameCodec, FrameError, Term};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+use crate::handler::{Call, Event, MiddleMan, Outbound, Service, Session};
+
+/// Events queued for the handler before the middle man stops reading the socket.
+const EVENT_QUEUE: usize = 64;
+/// Frames coalesced into one write at most.
+const MAX_BATCH: usize = 256;
+/// How long the handler may run on after its channel closed before it is aborted.
+const HANDLER_EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How long a closing connection waits for the client to close its side.
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
+
+/// Why a connection ended; logged, and counted by the listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent `close`.
+    ClientClosed,
+    /// The client went away (EOF, reset, TLS error) without `close`.
+    ClientGone(String),
+    /// The handler called `close`.
+    HandlerClosed,
+    /// The handler's future ended.
+    HandlerEnded,
+    /// The handler panicked.
+    HandlerCrashed,
+    /// The client broke the protocol; the reason was sent to it.
+    Protocol(ErrorReason),
+    /// The server shut down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// A short code for logs and counters, e.g. `client_closed`.
+    pub fn code(&self) -> String {
+        match self {
+            CloseReason::ClientClosed => "client_closed".into(),
+            CloseReason::ClientGone(_) => "client_gone".into(),
+            CloseReason::HandlerClosed => "handler_closed".into(),
+            CloseReason::HandlerEnded => "handler_ended".into(),
+            CloseReason::HandlerCrashed => "handler_crashed".into(),
+            CloseReason::Protocol(r) => r.to_string(),
+            CloseReason::Shutdown => "shutdown".into(),
+        }
+    }
+}
+
+/// Everything the middle man needs besides the stream.
+pub(crate) struct Setup {
+    pub(crate) service: Arc<dyn Service>,
+    pub(crate) service_name: String,
+    pub(crate) args_c: Term,
+    pub(crate) args_s: Term,
+    pub(crate) peer: std::net::SocketAddr,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Runs one connection from the welcome to the close, and says why it ended.
+pub(crate) async fn run<S>(reader: FramedRead<S, FrameCodec>, setup: Setup) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (middle_man, out_rx) =
+        MiddleMan::new(setup.peer, setup.service_name, setup.limits.outbound_queue);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let session = Session {
+        middle_man: middle_man.clone(),
+        events: events_rx,
+        args_c: setup.args_c,
+        args_s: setup.args_s,
+    };
+    let handler = tokio::spawn(setup.service.start(session));
+    let mut conn = Connection {
+        reader,
+        write_buf: BytesMut::with_capacity(4096),
+        middle_man,
+        out_rx,
+        in_flight: HashSet::new(),
+        limits: setup.limits,
+    };
+    let reason = conn.serve(&events_tx, handler, setup.shutdown).await;
+    conn.finish(reason, events_tx).await
+}
+
+struct Connection<S> {
+    reader: FramedRead<S, FrameCodec>,
+    /// Frames encoded and not yet written; written and flushed once per batch.
+    write_buf: BytesMut,
+    middle_man: MiddleMan,
+    out_rx: mpsc::UnboundedReceiver<Outbound>,
+    /// Calls handed to the handler and not yet answered.
+    in_flight: HashSet<Ref>,
+    limits: Arc<Limits>,
+}
+
+/// What ended the main loop, with what is needed to finish.
+struct Ended {
+    reason: CloseReason,
+    handler: Option<JoinHandle<()>>,
+}
+
+/// A write that did not complete: the client is gone or not reading.
+struct WriteFailed(CloseReason);
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn serve(
+        &mut self,
+        events_tx: &mpsc::Sender<Event>,
+        mut handler: JoinHandle<()>,
+        shutdown: CancellationToken,
+    ) -> Ended {
+        // An event read from the socket that the handler's queue has no room for yet.
+        // While it waits, the socket is not read: backpressure reaches the client.
+        let mut pending: Option<Event> = None;
+        let idle_timeout = self.limits.idle_timeout;
+        let far = Duration::from_secs(86_400 * 365);
+        let idle = sleep_until(Instant::now() + idle_timeout.unwrap_or(far));
+        tokio::pin!(idle);
+        let drain = sleep_until(Instant::now() + far);
+        tokio::pin!(drain);
+        let mut draining = false;
+
+        let reason = loop {
+            if draining && self.in_flight.is_empty() && pending.is_none() {
+                break CloseReason::Shutdown;
+            }
+            tokio::select! {
+                // Outbound first: answering what was asked beats reading more.
+                biased;
+                Some(first) = self.out_rx.recv() => {
+                    match self.write_outbound(first).await {
+                        Ok(false) => {}
+                        Ok(true) => break CloseReason::HandlerClosed,
+                        Err(WriteFailed(r)) => break r,
+                    }
+                }
+                result = &mut handler => {
+                    let reason = match result {
+                        Err(e) if e.is_panic() => CloseReason::HandlerCrashed,
+                        _ => CloseReason::HandlerEnded,
+                    };
+                    return Ended { reason, handler: None };
+                }
+                permit = events_tx.reserve(), if pending.is_some() => {
+                    match (permit, pending.take()) {
+                        (Ok(permit), Some(event)) => permit.send(event),
+                        // The handler dropped its session: it is ending.
+                        _ => {}
+                    }
+                }
+                () = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    drain.as_mut().reset(Instant::now() + self.limits.shutdown_grace);
+                }
+                () = &mut drain, if draining => break CloseReason::Shutdown,
+                () = &mut idle, if idle_timeout.is_some() => {
+                    break CloseReason::Protocol(ErrorReason::IdleTimeout);
+                }
+                frame = self.reader.next(), if pending.is_none() && !draining => {
+                    if let Some(t) = idle_timeout {
+                        idle.as_mut().reset(Instant::now() + t);
+                    }
+                    match self.on_frame(frame).await {
+                        Ok(event) => pending = event,
+                        Err(reason) => break reason,
+                    }
+                }
+            }
+        };
+        Ended {
+            reason,
+            handler: Some(handler),
+        }
+    }
+
+    /// Turns one frame (or the end of input) into an event for the handler, answers
+    /// pings and over-limit calls itself, or says why the connection must end.
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<bytes::Bytes, FrameError>>,
+    ) -> Result<Option<Event>, CloseReason> {
+        let payload = match frame {
+            None => return Err(CloseReason::ClientGone("end of stream".into())),
+            Some(Ok(p)) => p,
+            Some(Err(FrameError::TooLarge { .. })) => {
+                return Err(CloseReason::Protocol(ErrorReason::FrameTooLarge))
+            }
+            Some(Err(FrameError::Empty)) => return Err(CloseReason::Protocol(ErrorReason::BadTerm)),
+            Some(Err(e)) => return Err(CloseReason::ClientGone(e.to_string())),
+        };
+        let term = etf::decode(&payload).map_err(|e| {
+            tracing::info!(peer = %self.middle_man.peer(), error = %e, "bad term from client");
+            CloseReason::Protocol(ErrorReason::BadTerm)
+        })?;
+        let message = ClientMessage::from_term(&term).map_err(|e| {
+            tracing::info!(peer = %self.middle_man.peer(), error = %e, "bad message from client");
+            CloseReason::Protocol(ErrorReason::BadMessage)
+        })?;
+        match message {
+            ClientMessage::Send(x) => Ok(Some(Event::Send(x))),
+            ClientMessage::Call { id, body } => {
+                if self.in_flight.contains(&id) {
+                    tracing::info!(peer = %self.middle_man.peer(), id, "call reuses a ref still in flight");
+                    return Err(CloseReason::Protocol(ErrorReason::BadMessage));
+                }
+                if self.in_flight.len() >= self.limits.max_calls_in_flight {
+                    self.write_now(ServerMessage::CallError {
+                        id,
+                        reason: Term::atom("busy"),
+                    })
+                    .await
+                    .map_err(|WriteFailed(r)| r)?;
+                    return Ok(None);
+                }
+                self.in_flight.insert(id);
+                Ok(Some(Event::Call(Call::new(id, body, self.middle_man.clone()))))
+            }
+            ClientMessage::Ping(r) => {
+                self.write_now(ServerMessage::Pong(r))
+                    .await
+                    .map_err(|WriteFailed(r)| r)?;
+                Ok(None)
+            }
+            ClientMessage::Close => Err(CloseReason::ClientClosed),
+        }
+    }
+
+    /// Encodes one server message into the write buffer. A handler's answer that cannot
+    /// be sent (too large, NaN) becomes a call error rather than a broken connection.
+    fn encode(&mut self, message: ServerMessage) {
+        let codec = self.reader.decoder();
+        let Err(e) = codec.encode_term(&message.to_term(), &mut self.write_buf) else {
+            return;
+        };
+        tracing::warn!(peer = %self.middle_man.peer(), error = %e, "handler produced a frame that cannot be sent");
+        let id = match message {
+            ServerMessage::Reply { id, .. } | ServerMessage::CallError { id, .. } => id,
+            _ => return,
+        };
+        let fallback = ServerMessage::CallError {
+            id,
+            reason: Term::atom("reply_too_large"),
+        };
+        let _ = codec.encode_term(&fallback.to_term(), &mut self.write_buf);
+    }
+
+    /// Writes `first` and every other outbound item already queued, with one flush.
+    /// Returns true when the handler asked to close (the `close` frame is then written).
+    async fn write_outbound(&mut self, first: Outbound) -> Result<bool, WriteFailed> {
+        let mut item = Some(first);
+        let mut closing = false;
+        let mut count = 0;
+        while let Some(o) = item.take() {
+            match o {
+                Outbound::Push(y, _permit) => self.encode(ServerMessage::Send(y)),
+                Outbound::Reply(id, body) => {
+                    if self.in_flight.remove(&id) {
+                        self.encode(ServerMessage::Reply { id, body });
+                    }
+                }
+                Outbound::CallError(id, reason) => {
+                    if self.in_flight.remove(&id) {
+                        self.encode(ServerMessage::CallError { id, reason });
+                    }
+                }
+                Outbound::Close => {
+                    closing = true;
+                    break;
+                }
+            }
+            count += 1;
+            if count < MAX_BATCH {
+                item = self.out_rx.try_recv().ok();
+            }
+        }
+        if closing {
+            self.fail_in_flight("no_reply");
+            self.encode(ServerMessage::Close);
+        }
+        self.flush().await?;
+        Ok(closing)
+    }
+
+    async fn write_now(&mut self, message: ServerMessage) -> Result<(), WriteFailed> {
+        self.encode(message);
+        self.flush().await
+    }
+
+    /// Writes the buffer and flushes TLS, within the write timeout.
+    async fn flush(&mut self) -> Result<(), WriteFailed> {
+        if self.write_buf.is_empty() {
+            return Ok(());
+        }
+        let stream = self.reader.get_mut();
+        let buf = &self.write_buf;
+        let write = async {
+            stream.write_all(buf).await?;
+            stream.flush().await
+        };
+        let result = tokio::time::timeout(self.limits.write_timeout, write).await;
+        self.write_buf.clear();
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(WriteFailed(CloseReason::ClientGone(e.to_string()))),
+            Err(_) => Err(WriteFailed(CloseReason::Protocol(ErrorReason::SlowConsumer))),
+        }
+    }
+
+    /// Answers every call still in flight with `{error, Ref, Reason}`.
+    fn fail_in_flight(&mut self, reason: &str) {
+        let mut ids: Vec<Ref> = self.in_flight.drain().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.encode(ServerMessage::CallError {
+                id,
+                reason: Term::atom(reason),
+            });
+        }
+    }
+
+    /// Ends the connection: final frames, the handler told or awaited, the lingering close.
+    async fn finish(mut self, ended: Ended, events_tx: mpsc::Sender<Event>) -> CloseReason {
+        let Ended { reason, handler } = ended;
+        let peer = self.middle_man.peer();
+        // Answers the handler queued before it ended still go out, in order.
+        let client_reachable = !matches!(
+            reason,
+            CloseReason::ClientGone(_) | CloseReason::Protocol(ErrorReason::SlowConsumer)
+        );
+        if client_reachable && !matches!(reason, CloseReason::HandlerClosed) {
+            while let Ok(o) = self.out_rx.try_recv() {
+                if matches!(o, Outbound::Close) {
+                    break;
+                }
+                if self.write_outbound(o).await.is_err() {
+                    break;
+                }
+            }
+        }
+        self.middle_man.mark_closed();
+        match &reason {
+            CloseReason::HandlerEnded => {
+                self.fail_in_flight("no_reply");
+                self.encode(ServerMessage::Close);
+            }
+            CloseReason::HandlerCrashed => {
+                self.fail_in_flight("handler_crashed");
+                self.encode(ServerMessage::Close);
+            }
+            CloseReason::Shutdown => {
+                self.fail_in_flight("shutdown");
+                self.encode(ServerMessage::Error(ErrorReason::Shutdown));
+            }
+            CloseReason::Protocol(r) if *r != ErrorReason::SlowConsumer => {
+                self.encode(ServerMessage::Error(r.clone()));
+            }
+            _ => {}
+        }
+        if client_reachable {
+            let _ = self.flush().await;
+        }
+        // Tell the handler, lib_chan's {chan_closed, MM}; dropping the sender then makes
+        // its next_event() return None.
+        if handler.is_some() {
+            let _ = events_tx.try_send(Event::Closed);
+        }
+        drop(events_tx);
+        let stream = self.reader.into_inner();
+        if client_reachable {
+            linger_close(stream).await;
+        } else {
+            drop(stream);
+        }
+        if let Some(mut handler) = handler {
+            if tokio::time::timeout(HANDLER_EXIT_GRACE, &mut handler).await.is_err() {
+                tracing::warn!(%peer, "handler still running after its channel closed; aborting it");
+                handler.abort();
+            }
+        }
+        reason
+    }
+}
+
+/// Closes so that the client can read what was written last (PROTOCOL.md section 6):
+/// close_notify, then read and discard until the client closes or [`LINGER`] passes.
+/// Closing at once with unread input pending would make TCP reset the connection.
+pub(crate) async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+    let _ = tokio::time::timeout(LINGER, stream.shutdown()).await;
+    let discard = async {
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, discard).await;
+}

@@ -1,0 +1,66 @@
+//! The handler registry: config handler names to the code that makes services.
+//!
+//! Erlang's lib_chan names a handler by module and function and loads it at run time;
+//! Rust cannot, so handlers are registered by name at compile time (the `services`
+//! crate registers the built-in ones) and an unknown name in the config stops start-up.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::ServiceConfig;
+use crate::handler::Service;
+
+/// Makes the service for one `[[service]]` entry, or says why its `args` do not suit it.
+pub type ServiceFactory = Arc<dyn Fn(&ServiceConfig) -> Result<Arc<dyn Service>, String> + Send + Sync>;
+
+/// Handler names and their factories.
+#[derive(Clone, Default)]
+pub struct Registry {
+    factories: BTreeMap<String, ServiceFactory>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.factories.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Registers `factory` under `name` (e.g. `mod_name_server`), replacing any before.
+    pub fn register(
+        &mut self,
+        name: &str,
+        factory: impl Fn(&ServiceConfig) -> Result<Arc<dyn Service>, String> + Send + Sync + 'static,
+    ) -> &mut Registry {
+        self.factories.insert(name.to_owned(), Arc::new(factory));
+        self
+    }
+
+    /// True when `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.factories.contains_key(name)
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.factories.keys().map(String::as_str).collect()
+    }
+
+    /// Makes the service for `config`.
+    ///
+    /// # Errors
+    /// The handler is not registered, or its factory refused the entry's `args`.
+    pub fn make(&self, config: &ServiceConfig) -> Result<Arc<dyn Service>, String> {
+        let factory = self
+            .factories
+            .get(&config.handler)
+            .ok_or_else(|| format!("unknown handler `{}`", config.handler))?;
+        factory(config)
+    }
+}
