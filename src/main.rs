@@ -1,1 +1,89 @@
-fn main() {}
+//! `lib_chan`: the one binary. Serves, makes certificates and hashes, and talks to a
+//! server from the command line.
+//!
+//! Each subcommand lives in its own module: [`serve`] (the server, with a working
+//! default), [`admin`] (gen-cert, hash-password, check-config) and [`remote`] (rpc and
+//! cast, the client side).
+
+mod admin;
+mod remote;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// lib_chan over TLS: named services behind passwords, as in Programming Erlang.
+#[derive(Debug, Parser)]
+#[command(name = "lib_chan", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the channel server.
+    ///
+    /// With no --config it reads ./lib_chan.conf, then $HOME/.lib_chan/lib_chan.conf; with
+    /// neither it serves the name server on 127.0.0.1:1234 with a development
+    /// certificate kept in $HOME/.lib_chan (or $LIB_CHAN_HOME), and the password from
+    /// LIB_CHAN_PASSWORD or one generated on first run.
+    Serve {
+        /// The config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Write a development CA and a server certificate signed by it.
+    GenCert(admin::GenCertArgs),
+    /// Read one password from standard input and print its argon2id hash for the config.
+    HashPassword,
+    /// Validate a config file and summarise it.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Send TERM as a call and print the reply as the Erlang shell would.
+    Rpc(remote::RemoteArgs),
+    /// Send TERM one-way.
+    Cast(remote::RemoteArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve::serve(config),
+        Command::GenCert(args) => admin::gen_cert(&args),
+        Command::HashPassword => admin::hash_password(),
+        Command::CheckConfig { file } => admin::check_config(&file),
+        Command::Rpc(args) => remote::run(remote::Mode::Rpc, &args),
+        Command::Cast(args) => remote::run(remote::Mode::Cast, &args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lib_chan: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The per-user data directory: $LIB_CHAN_HOME, else $HOME/.lib_chan.
+fn data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LIB_CHAN_HOME") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".lib_chan")
+}
+
+/// Logs to standard error; RUST_LOG overrides `default`.
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -265,7 +265,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Vec<u8> {
-    assert!(text.len() % 2 == 0, "odd hex length {}", text.len());
+    assert!(text.len() & 1 == 0, "odd hex length {}", text.len());
     (0..text.len())
         .step_by(2)
         .map(|k| u8::from_str_radix(&text[k..k + 2], 16).expect("hex digit"))
@@ -310,10 +310,12 @@ fn run_erl(dir: &Path, script: &str) -> String {
         !path.contains('"') && !path.contains('\\'),
         "odd temp path {path}"
     );
+    // Any crash halts erl with a status (an uncaught one in -eval would leave it running).
     let eval = format!(
-        "case file:script(\"{path}\") of \
+        "try file:script(\"{path}\") of \
            {{ok, _}} -> erlang:halt(0); \
            Err -> io:format(standard_error, \"script failed: ~p~n\", [Err]), erlang:halt(3) \
+         catch C:R:S -> io:format(standard_error, \"~p:~p~n~p~n\", [C, R, S]), erlang:halt(4) \
          end."
     );
     let out = match Command::new("erl")

@@ -461,3 +461,112 @@ impl RawService {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::{HandlerFuture, Service, Session};
+    use std::sync::{Arc, OnceLock};
+
+    struct Nothing;
+    impl Service for Nothing {
+        fn start(self: Arc<Self>, _session: Session) -> HandlerFuture {
+            Box::pin(async {})
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.register("mod_name_server", |_| Ok(Arc::new(Nothing) as Arc<dyn Service>));
+        r
+    }
+
+    fn hash() -> &'static str {
+        static H: OnceLock<String> = OnceLock::new();
+        H.get_or_init(|| crate::auth::hash_password(b"ABXy45"))
+    }
+
+    fn good() -> String {
+        format!(
+            r#"port = 1234
+bind = "127.0.0.1"
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+
+[[service]]
+name = "nameServer"
+password = "{}"
+handler = "mod_name_server"
+args = "notUsed"
+"#,
+            hash()
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/lib_chan/lib_chan.conf"), &registry())
+    }
+
+    #[test]
+    fn a_good_config_loads_with_paths_relative_to_the_file() {
+        let c = parse(&good()).unwrap();
+        assert_eq!(c.port, 1234);
+        assert_eq!(c.bind.to_string(), "127.0.0.1");
+        assert_eq!(c.services[0].args, Term::atom("notUsed"));
+        match c.tls {
+            TlsSource::Files { cert, .. } => assert_eq!(cert, Path::new("/etc/lib_chan/server.pem")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Each kind of error names the file, the line and the key.
+    #[test]
+    fn every_error_names_file_line_and_key() {
+        let g = good();
+        let cases: Vec<(String, usize, &str, &str)> = vec![
+            (g.replace("port = 1234", "port = \"x\""), 1, "port", "invalid type"),
+            (g.replace("port = 1234", "port = 99999"), 1, "port", "0 to 65535"),
+            (g.replace("port = 1234", "prot = 1234"), 1, "prot", "unknown field"),
+            (g.replace("bind = \"127.0.0.1\"", "bind = \"nowhere\""), 2, "bind", "not an IP address"),
+            (g.replace(hash(), "ABXy45"), 10, "service[0].password", "plaintext password refused"),
+            (g.replace("mod_name_server", "mod_nope"), 11, "service[0].handler", "unknown handler `mod_nope`"),
+            (g.replace("\"notUsed\"", "\"{unclosed\""), 12, "service[0].args", "not an Erlang term"),
+            (g.replace("port = 1234", "port = 1234 ="), 1, "port", ""),
+            (
+                format!("{g}\n[limits]\nhandshake_timeout = -1\n"),
+                15,
+                "limits.handshake_timeout",
+                "seconds",
+            ),
+            (
+                format!("{g}\n[limits]\nmax_frame = 10\n"),
+                15,
+                "limits.max_frame",
+                "from 4096",
+            ),
+        ];
+        for (text, line, key, words) in cases {
+            let e = parse(&text).unwrap_err();
+            let shown = e.to_string();
+            assert_eq!(e.line, Some(line), "{shown}");
+            assert_eq!(e.key.as_deref(), Some(key), "{shown}");
+            assert!(shown.starts_with("/etc/lib_chan/lib_chan.conf:"), "{shown}");
+            assert!(shown.contains(words), "{shown}");
+        }
+    }
+
+    #[test]
+    fn missing_tls_duplicate_services_and_missing_files_are_errors() {
+        let g = good();
+        let no_tls = g.replace("[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n", "");
+        assert!(parse(&no_tls).unwrap_err().to_string().contains("[tls]"));
+        let twice = format!("{g}\n[[service]]\nname = \"nameServer\"\npassword = \"{}\"\nhandler = \"mod_name_server\"\n", hash());
+        let e = parse(&twice).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("service[1].name"));
+        assert_eq!(e.line, Some(15));
+        let e = Config::load(Path::new("/nonexistent/lib_chan.conf"), &registry()).unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/lib_chan.conf: cannot read"), "{e}");
+    }
+}

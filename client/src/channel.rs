@@ -1,0 +1,349 @@
+//! [`Channel`]: the handle a program uses to talk to a service over one connection.
+//!
+//! A `Channel` is a cheap `Clone` handle to one dispatch task ([`crate::dispatch`]) that
+//! owns the TLS connection, as in async-nats's client and tarpc's `Channel`. Callers do
+//! the expensive part themselves: each `cast`, `rpc` or `ping` encodes its frame in the
+//! calling task and hands finished bytes to the dispatch task over a bounded queue, so
+//! the single task that owns the socket only copies, encrypts and writes.
+//!
+//! Calls are pipelined: any number of tasks may `rpc` at once on one channel. Each call
+//! takes a fresh `Ref` from a counter, registers it in the in-flight map
+//! ([`crate::in_flight`]) before its frame is queued, and waits on a oneshot that the
+//! dispatch task completes when `{reply, Ref, Y}` or `{error, Ref, Reason}` arrives, in
+//! whatever order the server answers.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use lib_chan_protocol::message::{ClientMessage, Ref, Welcome};
+use lib_chan_protocol::{FrameCodec, FrameError, Term};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Mutex, Notify};
+use tokio_rustls::client::TlsStream;
+
+use crate::dispatch::{Dispatch, CLOSE_TIMEOUT};
+use crate::error::{CloseReason, Error};
+use crate::in_flight::{Armed, InFlight, Kind};
+
+/// How many encoded frames may wait for the dispatch task before `cast`/`rpc` wait too.
+pub const OUTGOING_QUEUE: usize = 1024;
+/// How many pushes (`{send, Y}` from the server) may wait for [`Channel::recv`] before
+/// the dispatch task stops reading the connection until there is room again.
+pub const PUSH_QUEUE: usize = 1024;
+
+/// What the handles share; the dispatch task holds none of it but the `Arc`s inside, so
+/// dropping the last handle drops `outgoing`, which tells the dispatch task to close.
+struct Shared {
+    /// Encoded frames to the dispatch task.
+    outgoing: mpsc::Sender<Bytes>,
+    /// Pushes from the dispatch task; a tokio mutex, as `recv` waits while holding it.
+    pushes: Mutex<mpsc::Receiver<Term>>,
+    /// Calls and pings waiting for an answer.
+    in_flight: Arc<InFlight>,
+    /// `Some(reason)` once the connection has ended.
+    closed: watch::Receiver<Option<CloseReason>>,
+    /// Set by the first `close()`; from then on nothing new is sent.
+    closing: Arc<AtomicBool>,
+    /// Wakes the dispatch task's writer to send `close`.
+    close_requested: Arc<Notify>,
+    /// The next call or ping reference.
+    next_ref: AtomicU64,
+    /// Encodes frames in the calling task, with the server's `max_frame` as send limit.
+    codec: FrameCodec,
+    welcome: Welcome,
+    rpc_timeout: Duration,
+    /// `host:port`, for `Debug`.
+    addr: String,
+}
+
+/// An open channel to a service: send with [`cast`](Self::cast), call with
+/// [`rpc`](Self::rpc), receive the service's own messages with [`recv`](Self::recv).
+///
+/// Clones share one connection and may be used from many tasks at once. The connection
+/// closes when [`close`](Self::close) is called, when the server ends it, or when the
+/// last clone is dropped (then `close` is sent for you).
+///
+/// # Examples
+///
+/// ```no_run
+/// use lib_chan_client::{connect, term, Term};
+///
+/// # async fn demo() -> Result<(), lib_chan_client::Error> {
+/// let chan = connect("localhost", 1234, "nameServer", "ABXy45", Term::nil()).await?;
+/// chan.cast(term!({store, joe, "writing a book"})).await?;
+/// let answer = chan.rpc(term!({lookup, joe})).await?;
+/// assert_eq!(answer, term!({ok, "writing a book"}));
+/// chan.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Channel {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("addr", &self.shared.addr)
+            .field("server", &self.shared.welcome.server)
+            .field("closed", &*self.shared.closed.borrow())
+            .field("in_flight", &self.shared.in_flight.len())
+            .finish()
+    }
+}
+
+impl Channel {
+    /// Starts the dispatch task on `stream` (welcome already received; `leftover` is what
+    /// was read past it) and returns the first handle.
+    pub(crate) fn spawn(
+        stream: TlsStream<TcpStream>,
+        codec: FrameCodec,
+        leftover: BytesMut,
+        welcome: Welcome,
+        rpc_timeout: Duration,
+        addr: String,
+    ) -> Channel {
+        let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
+        let (closed_tx, closed_rx) = watch::channel(None);
+        let in_flight = Arc::new(InFlight::default());
+        let closing = Arc::new(AtomicBool::new(false));
+        let close_requested = Arc::new(Notify::new());
+        let dispatch = Dispatch {
+            stream,
+            codec: codec.clone(),
+            leftover,
+            outgoing: out_rx,
+            pushes: push_tx,
+            in_flight: in_flight.clone(),
+            closed: closed_tx,
+            closing: closing.clone(),
+            close_requested: close_requested.clone(),
+            addr: addr.clone(),
+        };
+        tokio::spawn(dispatch.run());
+        Channel {
+            shared: Arc::new(Shared {
+                outgoing: out_tx,
+                pushes: Mutex::new(push_rx),
+                in_flight,
+                closed: closed_rx,
+                closing,
+                close_requested,
+                // The seed session numbers its calls from 1.
+                next_ref: AtomicU64::new(1),
+                codec,
+                welcome,
+                rpc_timeout,
+                addr,
+            }),
+        }
+    }
+
+    /// What the server announced in its welcome: protocol version, `max_frame`, name.
+    pub fn welcome(&self) -> &Welcome {
+        &self.shared.welcome
+    }
+
+    /// The largest frame the server accepts; larger requests fail with
+    /// [`Error::Encode`] without being sent.
+    pub fn max_frame(&self) -> usize {
+        self.shared.welcome.max_frame
+    }
+
+    /// Sends `{send, Msg}`: a one-way message to the service (lib_chan's
+    /// `lib_chan:cast/2`). Returns once the frame is queued for the connection, not when
+    /// the server has it.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the channel is closed or closing; [`Error::Encode`] when
+    /// `msg` cannot be sent (e.g. larger than [`max_frame`](Self::max_frame)).
+    pub async fn cast(&self, msg: Term) -> Result<(), Error> {
+        self.check_open()?;
+        let frame = self.encode(&ClientMessage::Send(msg))?;
+        self.send_frame(frame).await
+    }
+
+    /// Sends `{call, Ref, Req}` and waits for the reply `Y` of `{reply, Ref, Y}`, for at
+    /// most the default rpc timeout ([`ConnectOptions::rpc_timeout`], 30 s unless set).
+    ///
+    /// # Errors
+    /// - [`Error::Remote`]: the server answered `{error, Ref, Reason}`;
+    /// - [`Error::Timeout`]: no reply in time (a reply arriving later is dropped);
+    /// - [`Error::Closed`]: the channel closed before the reply came, or was closed;
+    /// - [`Error::Encode`]: `req` cannot be sent.
+    ///
+    /// [`ConnectOptions::rpc_timeout`]: crate::ConnectOptions::rpc_timeout
+    pub async fn rpc(&self, req: Term) -> Result<Term, Error> {
+        self.rpc_timeout(req, self.shared.rpc_timeout).await
+    }
+
+    /// [`rpc`](Self::rpc) with its own timeout, which also covers waiting for room in the
+    /// outgoing queue. Cancel-safe: dropping the future forgets the call, and its reply
+    /// is dropped when it comes.
+    ///
+    /// # Errors
+    /// As [`rpc`](Self::rpc).
+    pub async fn rpc_timeout(&self, req: Term, timeout: Duration) -> Result<Term, Error> {
+        self.ask(Kind::Call, |id| ClientMessage::Call { id, body: req }, "rpc", timeout)
+            .await
+    }
+
+    /// Sends `{ping, Ref}` and waits for `{pong, Ref}`, answered by the server itself
+    /// (the service never sees it); returns the round trip time. Times out after the
+    /// default rpc timeout.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] or [`Error::Closed`].
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let start = Instant::now();
+        self.ask(Kind::Ping, ClientMessage::Ping, "ping", self.shared.rpc_timeout)
+            .await?;
+        Ok(start.elapsed())
+    }
+
+    /// The next `{send, Y}` the service pushed, in the order it sent them; `None` once
+    /// the channel is closed and every push has been received.
+    ///
+    /// Pushes wait in a queue of [`PUSH_QUEUE`] messages. When it is full, the dispatch
+    /// task stops reading from the connection until `recv` makes room (backpressure: the
+    /// server then holds or drops its messages, and replies to calls wait too). A program
+    /// whose service pushes must keep calling `recv`.
+    ///
+    /// Cancel-safe. Several tasks may call it at once; each push goes to one of them.
+    pub async fn recv(&self) -> Option<Term> {
+        self.shared.pushes.lock().await.recv().await
+    }
+
+    /// Resolves when the connection has ended, with the reason. Returns at once if it has.
+    pub async fn closed(&self) -> CloseReason {
+        let mut rx = self.shared.closed.clone();
+        let reason = match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        // The dispatch task always sets a reason before it ends, unless its runtime was
+        // shut down under it.
+        reason.unwrap_or_else(|| {
+            CloseReason::ConnectionLost("the connection task was stopped".to_owned())
+        })
+    }
+
+    /// `true` once the connection has ended or [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closing.load(Ordering::Acquire) || self.shared.closed.borrow().is_some()
+    }
+
+    /// Closes the channel in order: frames already queued go out, then `close` (the
+    /// service is told, as with lib_chan's `{chan_closed, MM}`), then TLS's close_notify;
+    /// then waits, at most about 2 s, for the server to close its side. Calls still
+    /// outstanding get their reply if the server sends it meanwhile, else
+    /// [`Error::Closed`]. Every `cast`, `rpc` or `ping` after this fails with
+    /// [`Error::Closed`]`(`[`CloseReason::ClosedByClient`]`)`. Calling it again just waits.
+    pub async fn close(&self) {
+        if !self.shared.closing.swap(true, Ordering::AcqRel) {
+            self.shared.close_requested.notify_one();
+        }
+        // The dispatch task bounds the close itself; this is a safety net.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(1), self.closed()).await;
+    }
+
+    /// A `call` or `ping`: register, queue, wait, all under `timeout`.
+    async fn ask(
+        &self,
+        kind: Kind,
+        message: impl FnOnce(Ref) -> ClientMessage,
+        phase: &'static str,
+        timeout: Duration,
+    ) -> Result<Term, Error> {
+        self.check_open()?;
+        let id = self.shared.next_ref.fetch_add(1, Ordering::Relaxed);
+        let frame = self.encode(&message(id))?;
+        // Registered before the frame is queued, so the answer always finds its entry.
+        let rx = self
+            .shared
+            .in_flight
+            .register(id, kind)
+            .map_err(Error::Closed)?;
+        // From here on, leaving early (timeout, error, future dropped) removes the entry.
+        let guard = Armed::new(&self.shared.in_flight, id);
+        let answer = tokio::time::timeout(timeout, async {
+            self.send_frame(frame).await?;
+            Ok(rx.await)
+        })
+        .await;
+        match answer {
+            Err(_elapsed) => Err(Error::Timeout(phase)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Ok(outcome))) => {
+                // The dispatch task removed the entry when it answered.
+                guard.disarm();
+                outcome
+            }
+            Ok(Ok(Err(_dropped))) => {
+                guard.disarm();
+                Err(Error::Closed(self.reason_now()))
+            }
+        }
+    }
+
+    /// Fails fast when the channel is closed or closing.
+    fn check_open(&self) -> Result<(), Error> {
+        if let Some(reason) = &*self.shared.closed.borrow() {
+            return Err(Error::Closed(reason.clone()));
+        }
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(Error::Closed(CloseReason::ClosedByClient));
+        }
+        Ok(())
+    }
+
+    /// Why the channel is closed, for a send that found the dispatch task gone.
+    fn reason_now(&self) -> CloseReason {
+        if let Some(reason) = &*self.shared.closed.borrow() {
+            return reason.clone();
+        }
+        if self.shared.closing.load(Ordering::Acquire) {
+            return CloseReason::ClosedByClient;
+        }
+        CloseReason::ConnectionLost("the connection task was stopped".to_owned())
+    }
+
+    /// Encodes `message` as one frame, in the calling task.
+    fn encode(&self, message: &ClientMessage) -> Result<Bytes, Error> {
+        let mut buf = BytesMut::with_capacity(128);
+        self.shared
+            .codec
+            .encode_term(&message.to_term(), &mut buf)
+            .map_err(|e| match e {
+                FrameError::TooLarge { len, max } => Error::Encode(format!(
+                    "the frame would be {len} bytes, over the server's max_frame of {max}"
+                )),
+                other => Error::Encode(other.to_string()),
+            })?;
+        Ok(buf.freeze())
+    }
+
+    /// Queues an encoded frame for the dispatch task; waits while the queue is full.
+    async fn send_frame(&self, frame: Bytes) -> Result<(), Error> {
+        self.shared
+            .outgoing
+            .send(frame)
+            .await
+            .map_err(|_| Error::Closed(self.reason_now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_is_send_sync_clone() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<Channel>();
+    }
+}

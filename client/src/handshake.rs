@@ -1,0 +1,237 @@
+//! Opening a channel: TCP, TLS, then `start_service` until the welcome (PROTOCOL.md
+//! section 4), and the password-less `{ping, Ref}` probe.
+//!
+//! Each phase has its own timeout: [`ConnectOptions::connect_timeout`] for TCP, and one
+//! deadline of [`ConnectOptions::handshake_timeout`] for TLS plus `start_service`. Once
+//! the welcome is in, the TLS stream and any bytes read past the welcome go to the
+//! dispatch task ([`crate::dispatch`]).
+//!
+//! [`ConnectOptions::connect_timeout`]: crate::ConnectOptions::connect_timeout
+//! [`ConnectOptions::handshake_timeout`]: crate::ConnectOptions::handshake_timeout
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use lib_chan_protocol::message::{ErrorReason, HandshakeReply, Hello, Password};
+use lib_chan_protocol::{etf, FrameCodec, FrameError, Term, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION};
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::FramedRead;
+
+use crate::channel::Channel;
+use crate::error::Error;
+use crate::options::ConnectOptions;
+
+/// The largest frame accepted from the server before the welcome. The welcome is a small
+/// map; this leaves room for servers that add keys, and still bounds a hostile answer.
+pub const HANDSHAKE_MAX_RECV: usize = 64 * 1024;
+
+/// The least receive limit after the welcome: `max(max_frame, MIN_MAX_RECV)`. The server
+/// bounds what it sends by its own `max_frame`, so this only matters for a server that
+/// announces a small `max_frame`; it is generous on purpose, and the codec never reserves
+/// memory for a declared length before the bytes arrive.
+pub const MIN_MAX_RECV: usize = 1 << 20;
+
+/// A TLS connection that has not yet sent its first frame.
+struct Opened {
+    stream: TlsStream<TcpStream>,
+    /// `host:port`, for messages.
+    addr: String,
+    /// When the handshake (TLS + first exchange) must be over.
+    deadline: tokio::time::Instant,
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+fn display_addr(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// TCP then TLS, each under its timeout.
+async fn open(opts: &ConnectOptions, host: &str, port: u16) -> Result<Opened, Error> {
+    // Accept "[::1]" as well as "::1".
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let addr = display_addr(host, port);
+    let name = opts.server_name.as_deref().unwrap_or(host);
+    let server_name = ServerName::try_from(name.to_owned()).map_err(|_| {
+        Error::Config(format!(
+            "{name:?} is neither a DNS name nor an IP address, so it cannot be checked in \
+             the server's certificate"
+        ))
+    })?;
+    let config = opts.client_config()?;
+
+    let tcp = tokio::time::timeout(opts.connect_timeout, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| Error::Timeout("TCP connect"))?
+        .map_err(|e| Error::io(format!("connection to {addr}"), e))?;
+    // Frames are written whole and flushed; don't let Nagle hold back small ones.
+    tcp.set_nodelay(true)
+        .map_err(|e| Error::io(format!("connection to {addr}"), e))?;
+
+    let deadline = tokio::time::Instant::now() + opts.handshake_timeout;
+    let stream = timeout_at(deadline, TlsConnector::from(config).connect(server_name, tcp))
+        .await
+        .map_err(|_| Error::Timeout("TLS handshake"))?
+        .map_err(|e| crate::tls::handshake_error(&addr, name, opts.trust_kind(), e))?;
+    Ok(Opened {
+        stream,
+        addr,
+        deadline,
+    })
+}
+
+/// Writes one handshake frame and reads the server's one answer, before `deadline`.
+/// Returns the answer and any bytes that arrived after it.
+async fn exchange(
+    opened: &mut Opened,
+    hello: &Hello,
+    phase: &'static str,
+) -> Result<(HandshakeReply, BytesMut), Error> {
+    let codec = FrameCodec::new(HANDSHAKE_MAX_RECV, HANDSHAKE_MAX_FRAME);
+    let mut out = BytesMut::new();
+    codec
+        .encode_term(&hello.to_term(), &mut out)
+        .map_err(|e| match e {
+            FrameError::TooLarge { len, max } => Error::Encode(format!(
+                "the first frame is {len} bytes, over the {max}-byte handshake limit \
+                 (are the service arguments that large?)"
+            )),
+            other => Error::Encode(other.to_string()),
+        })?;
+    let addr = opened.addr.clone();
+    let io_err = |e: io::Error| Error::io(format!("handshake with {addr}"), e);
+    let work = async {
+        opened.stream.write_all(&out).await.map_err(io_err)?;
+        opened.stream.flush().await.map_err(io_err)?;
+        let mut reader = FramedRead::new(&mut opened.stream, codec);
+        let payload = match reader.next().await {
+            Some(Ok(payload)) => payload,
+            Some(Err(FrameError::Io(e))) => return Err(io_err(e)),
+            Some(Err(e)) => {
+                return Err(Error::Protocol(format!(
+                    "the answer from {addr} is not a lib_chan frame: {e} (is it a lib_chan \
+                     server?)"
+                )))
+            }
+            None => {
+                return Err(io_err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection without answering",
+                )))
+            }
+        };
+        // Bytes past the answer (a push sent right after the welcome) must not be lost.
+        Ok((payload, reader.read_buffer().clone()))
+    };
+    let (payload, rest): (Bytes, BytesMut) = timeout_at(opened.deadline, work)
+        .await
+        .map_err(|_| Error::Timeout(phase))??;
+    let term = etf::decode(&payload).map_err(|e| {
+        Error::Protocol(format!("the answer from {} is not a valid term: {e}", opened.addr))
+    })?;
+    let reply = HandshakeReply::from_term(&term)
+        .map_err(|e| Error::Protocol(format!("unexpected answer from {}: {e}", opened.addr)))?;
+    Ok((reply, rest))
+}
+
+/// Maps a refusal to the error a caller matches on.
+fn refused(reason: ErrorReason) -> Error {
+    match reason {
+        ErrorReason::AuthFailed => Error::AuthFailed,
+        ErrorReason::Busy => Error::Busy,
+        other => Error::Refused(other),
+    }
+}
+
+/// [`ConnectOptions::connect`]: open, `start_service`, welcome, spawn the dispatch task.
+pub(crate) async fn connect(
+    opts: &ConnectOptions,
+    host: &str,
+    port: u16,
+    service: &str,
+    password: &[u8],
+    args: Term,
+) -> Result<Channel, Error> {
+    let mut opened = open(opts, host, port).await?;
+    let hello = Hello::StartService {
+        service: service.to_owned(),
+        password: Password(password.to_vec()),
+        args,
+    };
+    let (reply, rest) = exchange(&mut opened, &hello, "start_service handshake").await?;
+    let welcome = match reply {
+        HandshakeReply::Welcome(w) => w,
+        HandshakeReply::Refused(reason) => return Err(refused(reason)),
+        HandshakeReply::Pong(_) => {
+            return Err(Error::Protocol(format!(
+                "{} answered start_service with a pong",
+                opened.addr
+            )))
+        }
+    };
+    if welcome.protocol != PROTOCOL_VERSION {
+        return Err(Error::Protocol(format!(
+            "{} speaks lib_chan protocol version {}, this client speaks {PROTOCOL_VERSION}",
+            opened.addr, welcome.protocol
+        )));
+    }
+    tracing::debug!(addr = %opened.addr, server = %welcome.server, max_frame = welcome.max_frame, "channel open");
+    let codec = FrameCodec::new(welcome.max_frame.max(MIN_MAX_RECV), welcome.max_frame);
+    Ok(Channel::spawn(
+        opened.stream,
+        codec,
+        rest,
+        welcome,
+        opts.rpc_timeout,
+        opened.addr,
+    ))
+}
+
+/// [`crate::ping`]: TLS, `{ping, Ref}`, `{pong, Ref}`, then an orderly TLS close.
+pub(crate) async fn ping(opts: &ConnectOptions, host: &str, port: u16) -> Result<Duration, Error> {
+    /// Any reference will do: one probe per connection.
+    const PING_REF: u64 = 1;
+    let mut opened = open(opts, host, port).await?;
+    let start = Instant::now();
+    let (reply, _) = exchange(&mut opened, &Hello::Ping(PING_REF), "ping").await?;
+    let rtt = start.elapsed();
+    let result = match reply {
+        HandshakeReply::Pong(PING_REF) => Ok(rtt),
+        HandshakeReply::Pong(other) => Err(Error::Protocol(format!(
+            "{} answered ping {PING_REF} with pong {other}",
+            opened.addr
+        ))),
+        HandshakeReply::Refused(reason) => Err(refused(reason)),
+        HandshakeReply::Welcome(_) => Err(Error::Protocol(format!(
+            "{} answered a ping with a welcome",
+            opened.addr
+        ))),
+    };
+    // Best effort: say goodbye (close_notify) so the server need not time us out.
+    let _ = tokio::time::timeout(Duration::from_secs(1), opened.stream.shutdown()).await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_get_brackets() {
+        assert_eq!(display_addr("::1", 1234), "[::1]:1234");
+        assert_eq!(display_addr("localhost", 1234), "localhost:1234");
+    }
+}

@@ -1,0 +1,260 @@
+//! [`ConnectOptions`]: how to reach and trust a channel server, and the timeouts.
+//!
+//! A by-value builder in the style of async-nats: start from [`ConnectOptions::new`],
+//! chain setters, and end with [`ConnectOptions::connect`]. [`crate::connect`] is the
+//! same with every default.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use lib_chan_protocol::Term;
+use rustls::ClientConfig;
+
+use crate::channel::Channel;
+use crate::error::Error;
+use crate::tls::{CertSource, Trust, TrustKind};
+
+/// How long the TCP connection may take to open, by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the TLS handshake plus `start_service` may take until the welcome, by default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Channel::rpc`] waits for its reply, by default.
+pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options for connecting to a channel server.
+///
+/// | setting | default |
+/// |---|---|
+/// | trust | the system's root certificates |
+/// | name checked in the certificate (and sent as SNI) | the host dialled |
+/// | [`connect_timeout`](Self::connect_timeout) (TCP) | 10 s |
+/// | [`handshake_timeout`](Self::handshake_timeout) (TLS + `start_service`) | 10 s |
+/// | [`rpc_timeout`](Self::rpc_timeout) (default for [`Channel::rpc`]) | 30 s |
+///
+/// Cloning is cheap, and clones share the TLS configuration once it is built (CA files
+/// are read on the first connect, not on every one).
+///
+/// # Examples
+///
+/// ```no_run
+/// use lib_chan_client::{ConnectOptions, Term};
+/// use std::time::Duration;
+///
+/// # async fn demo() -> Result<(), lib_chan_client::Error> {
+/// let chan = ConnectOptions::new()
+///     .ca_file("certs/ca.pem")
+///     .rpc_timeout(Duration::from_secs(5))
+///     .connect("localhost", 1234, "nameServer", "ABXy45", Term::nil())
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ConnectOptions {
+    pub(crate) trust: Trust,
+    /// A whole rustls configuration given by the caller; overrides `trust`.
+    pub(crate) custom_tls: Option<Arc<ClientConfig>>,
+    pub(crate) server_name: Option<String>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) rpc_timeout: Duration,
+    /// The configuration built from `trust`, shared by clones; a setter that changes the
+    /// trust replaces it with an empty one.
+    built: Arc<OnceLock<Arc<ClientConfig>>>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> ConnectOptions {
+        ConnectOptions {
+            trust: Trust::default(),
+            custom_tls: None,
+            server_name: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            rpc_timeout: DEFAULT_RPC_TIMEOUT,
+            built: Arc::default(),
+        }
+    }
+}
+
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("cas", &self.trust.cas)
+            .field("system_roots", &self.trust.system_roots)
+            .field("pinned", &self.trust.pinned)
+            .field("custom_tls", &self.custom_tls.is_some())
+            .field("server_name", &self.server_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("rpc_timeout", &self.rpc_timeout)
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    /// The defaults: system roots, 10 s connect, 10 s handshake, 30 s rpc.
+    pub fn new() -> ConnectOptions {
+        ConnectOptions::default()
+    }
+
+    fn trust_changed(mut self) -> ConnectOptions {
+        self.built = Arc::default();
+        self
+    }
+
+    /// Trusts the CA certificates in this PEM file (read when connecting). May be given
+    /// several times; the system roots are then no longer trusted unless
+    /// [`system_roots`](Self::system_roots) is also set.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> ConnectOptions {
+        self.trust.cas.push(CertSource::File(path.into()));
+        self.trust_changed()
+    }
+
+    /// Trusts the CA certificates in this PEM text, as [`ca_file`](Self::ca_file) does.
+    pub fn ca_pem(mut self, pem: impl AsRef<[u8]>) -> ConnectOptions {
+        self.trust.cas.push(CertSource::Pem(pem.as_ref().to_vec()));
+        self.trust_changed()
+    }
+
+    /// Accepts only the certificate in this PEM file (the first one, when it holds a
+    /// chain): the server's certificate must be byte for byte the same. No CA is
+    /// consulted and its dates are not checked, but the name dialled (or
+    /// [`server_name`](Self::server_name)) must be one it holds, and the server must
+    /// prove it has the certificate's key. Cannot be combined with CA certificates or
+    /// the system roots.
+    pub fn pinned_cert_file(mut self, path: impl Into<PathBuf>) -> ConnectOptions {
+        self.trust.pinned = Some(CertSource::File(path.into()));
+        self.trust_changed()
+    }
+
+    /// Pins the certificate in this PEM text, as [`pinned_cert_file`](Self::pinned_cert_file)
+    /// does.
+    pub fn pinned_cert_pem(mut self, pem: impl AsRef<[u8]>) -> ConnectOptions {
+        self.trust.pinned = Some(CertSource::Pem(pem.as_ref().to_vec()));
+        self.trust_changed()
+    }
+
+    /// Trusts the system's root certificates (through rustls-native-certs). This is the
+    /// default when no CA and no pin is set; with [`ca_file`](Self::ca_file) it trusts
+    /// both.
+    pub fn system_roots(mut self) -> ConnectOptions {
+        self.trust.system_roots = true;
+        self.trust_changed()
+    }
+
+    /// Uses this rustls configuration as it is, e.g. for client certificates (mutual
+    /// TLS). It overrides the CA, pin and system-root settings. Build it with
+    /// `ClientConfig::builder_with_provider`, not `ClientConfig::builder()`, which panics
+    /// when two crypto providers are compiled in.
+    pub fn tls_config(mut self, config: Arc<ClientConfig>) -> ConnectOptions {
+        self.custom_tls = Some(config);
+        self
+    }
+
+    /// Checks this name in the server's certificate, and sends it as SNI, instead of the
+    /// host dialled: e.g. dial `127.0.0.1` and check `gandalf`. A DNS name or an IP
+    /// address.
+    pub fn server_name(mut self, name: impl Into<String>) -> ConnectOptions {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// How long opening the TCP connection (name lookup included) may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> ConnectOptions {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the TLS handshake plus `start_service` may take, until the welcome (or,
+    /// for [`ping`](crate::ping), until the pong).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> ConnectOptions {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long [`Channel::rpc`] waits for a reply; [`Channel::rpc_timeout`] sets it per
+    /// call.
+    pub fn rpc_timeout(mut self, timeout: Duration) -> ConnectOptions {
+        self.rpc_timeout = timeout;
+        self
+    }
+
+    /// Connects to `host:port` (a DNS name or an IP address), checks the server's
+    /// certificate, and starts `service` with `password` and `args` (lib_chan's `ArgsC`).
+    ///
+    /// # Errors
+    /// - [`Error::Config`]: a CA or pinned file cannot be used, or the name to check is
+    ///   neither a DNS name nor an IP address;
+    /// - [`Error::Io`]: the TCP connection failed (e.g. refused);
+    /// - [`Error::Timeout`]: a phase took longer than its timeout;
+    /// - [`Error::Tls`]: the certificate was refused (the message says why);
+    /// - [`Error::AuthFailed`], [`Error::Busy`], [`Error::Refused`]: the server said no;
+    /// - [`Error::Protocol`]: the server's answer was not a lib_chan handshake answer;
+    /// - [`Error::Encode`]: the `start_service` frame would exceed 4 KiB (`args` too big).
+    pub async fn connect(
+        self,
+        host: &str,
+        port: u16,
+        service: &str,
+        password: impl AsRef<[u8]>,
+        args: Term,
+    ) -> Result<Channel, Error> {
+        crate::handshake::connect(&self, host, port, service, password.as_ref(), args).await
+    }
+
+    /// The rustls configuration to use, built on first use and then shared.
+    pub(crate) fn client_config(&self) -> Result<Arc<ClientConfig>, Error> {
+        if let Some(config) = &self.custom_tls {
+            return Ok(config.clone());
+        }
+        if let Some(config) = self.built.get() {
+            return Ok(config.clone());
+        }
+        let config = self.trust.client_config()?;
+        // Two racing first connects may both build it; either result is fine.
+        Ok(self.built.get_or_init(|| config).clone())
+    }
+
+    /// How the certificate is checked, for error hints.
+    pub(crate) fn trust_kind(&self) -> TrustKind {
+        if self.custom_tls.is_some() {
+            TrustKind::Custom
+        } else {
+            self.trust.kind()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_documented_ones() {
+        let o = ConnectOptions::new();
+        assert_eq!(o.connect_timeout, Duration::from_secs(10));
+        assert_eq!(o.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(o.rpc_timeout, Duration::from_secs(30));
+        assert_eq!(o.trust_kind(), TrustKind::SystemRoots);
+        assert_eq!(o.clone().ca_pem("x").trust_kind(), TrustKind::CaFiles);
+        assert_eq!(o.pinned_cert_pem("x").trust_kind(), TrustKind::Pinned);
+    }
+
+    #[test]
+    fn pin_and_ca_together_is_a_config_error() {
+        let o = ConnectOptions::new()
+            .pinned_cert_pem("x")
+            .ca_file("/nonexistent");
+        assert!(matches!(o.client_config(), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn debug_does_not_dump_pem_bytes() {
+        let o = ConnectOptions::new().ca_pem(vec![b'x'; 500]);
+        let s = format!("{o:?}");
+        assert!(s.contains("500 bytes"), "{s}");
+        assert!(!s.contains("xxxx"), "{s}");
+    }
+}

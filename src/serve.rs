@@ -1,0 +1,149 @@
+//! `lib_chan serve`: find the config (or make the working default) and run the server
+//! until SIGINT or SIGTERM.
+//!
+//! The default, for a newcomer with no config: the name server on 127.0.0.1:1234, a
+//! development CA and server certificate generated once into the data directory and
+//! reused, and the password from LIB_CHAN_PASSWORD, else one generated on first run and
+//! kept (mode 0600) in the data directory beside the certificates.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use lib_chan_protocol::Term;
+use lib_chan_server::config::DEFAULT_PORT;
+use lib_chan_server::devcert::{DevCertPaths, DevCerts};
+use lib_chan_server::{auth, Config, Server, ServiceConfig, TlsSource};
+
+/// The default service's name, as in the book.
+pub(crate) const DEFAULT_SERVICE: &str = "nameServer";
+
+pub(crate) fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    crate::init_logging("info");
+    let registry = lib_chan_services::registry();
+    let config = match find_config(config) {
+        Some(path) => {
+            tracing::info!(config = %path.display(), "using config file");
+            Config::load(&path, &registry)?
+        }
+        None => {
+            tracing::info!("no config file found; serving the default name server");
+            default_config()?
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let services: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+        let server = Server::bind(config, &registry).await?;
+        let addr = server.local_addr();
+        tracing::info!(%addr, services = ?services, "lib_chan listening (TLS)");
+        server.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    })
+}
+
+/// The config to use: `--config`, else ./lib_chan.conf, else the data directory's.
+fn find_config(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    if explicit.is_some() {
+        return explicit;
+    }
+    [PathBuf::from("lib_chan.conf"), crate::data_dir().join("lib_chan.conf")]
+        .into_iter()
+        .find(|p| p.exists())
+}
+
+/// The working default: the name server with a development certificate.
+fn default_config() -> anyhow::Result<Config> {
+    let dir = crate::data_dir();
+    let paths = DevCertPaths::in_dir(&dir);
+    if !paths.all_exist() {
+        let hosts = ["localhost", "127.0.0.1", "::1"].map(String::from);
+        DevCerts::generate(&hosts)?.write(&dir)?;
+        tracing::info!(dir = %dir.display(), "generated a development CA and server certificate");
+    }
+    let password = default_password(&dir)?;
+    let mut config = Config::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        DEFAULT_PORT,
+        TlsSource::Files {
+            cert: paths.cert.clone(),
+            key: paths.key.clone(),
+        },
+    );
+    config.services.push(ServiceConfig {
+        name: DEFAULT_SERVICE.into(),
+        password_hash: auth::hash_password(password.as_bytes()),
+        handler: "mod_name_server".into(),
+        args: Term::atom("notUsed"),
+    });
+    eprintln!(
+        "lib_chan: serving {DEFAULT_SERVICE} on 127.0.0.1:{DEFAULT_PORT}; connect with\n  \
+         LIB_CHAN_PASSWORD=... lib_chan rpc localhost:{DEFAULT_PORT} {DEFAULT_SERVICE} '{{lookup, joe}}'\n  \
+         (the client trusts the development CA {} by default)",
+        paths.ca.display()
+    );
+    Ok(config)
+}
+
+/// LIB_CHAN_PASSWORD, else the password kept in DIR/password, else a new one.
+fn default_password(dir: &Path) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("LIB_CHAN_PASSWORD") {
+        if !p.is_empty() {
+            return Ok(p);
+        }
+    }
+    let file = dir.join("password");
+    if let Ok(p) = std::fs::read_to_string(&file) {
+        return Ok(p.trim().to_owned());
+    }
+    let password = generate_password()?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .and_then(|mut f| writeln!(f, "{password}"))
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    eprintln!(
+        "lib_chan: generated the {DEFAULT_SERVICE} password {password}\n  (kept in {}; set LIB_CHAN_PASSWORD to choose your own)",
+        file.display()
+    );
+    Ok(password)
+}
+
+/// Sixteen random letters and digits (from /dev/urandom; 62 letters, so a slight bias
+/// that costs well under a bit of the password's ~95).
+fn generate_password() -> anyhow::Result<String> {
+    use std::io::Read;
+    let alphabet: Vec<char> = ('a'..='z').chain('A'..='Z').chain('0'..='9').collect();
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom to generate a password")?;
+    Ok(bytes.iter().map(|b| alphabet[*b as usize % alphabet.len()]).collect())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("signal received: shutting down");
+}
