@@ -34,6 +34,9 @@ enum Command {
         /// The config file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Listen on this port instead of the configured one (0 picks a free port).
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Write a development CA and a server certificate signed by it.
     GenCert(admin::GenCertArgs),
@@ -53,7 +56,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => serve::serve(config),
+        Command::Serve { config, port } => serve::serve(config, port),
         Command::GenCert(args) => admin::gen_cert(&args),
         Command::HashPassword => admin::hash_password(),
         Command::CheckConfig { file } => admin::check_config(&file),

@@ -20,10 +20,12 @@ use lib_chan_server::{auth, Config, Server, ServiceConfig, TlsSource};
 /// The default service's name, as in the book.
 pub(crate) const DEFAULT_SERVICE: &str = "nameServer";
 
-pub(crate) fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn serve(config: Option<PathBuf>, port: Option<u16>) -> anyhow::Result<()> {
     crate::init_logging("info");
     let registry = lib_chan_services::registry();
-    let config = match find_config(config) {
+    let found = find_config(config);
+    let is_default = found.is_none();
+    let mut config = match found {
         Some(path) => {
             tracing::info!(config = %path.display(), "using config file");
             Config::load(&path, &registry)?
@@ -33,6 +35,9 @@ pub(crate) fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             default_config()?
         }
     };
+    if let Some(port) = port {
+        config.port = port;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -42,6 +47,16 @@ pub(crate) fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         let server = Server::bind(config, &registry).await?;
         let addr = server.local_addr();
         tracing::info!(%addr, services = ?services, "lib_chan listening (TLS)");
+        // One stable line on stdout for scripts and tests.
+        println!("listening on {addr}");
+        if is_default {
+            println!(
+                "try, from another terminal:\n  LIB_CHAN_PASSWORD=... lib_chan rpc localhost:{} {DEFAULT_SERVICE} '{{lookup, joe}}'\n  \
+                 (the client trusts the development CA in {} by default)",
+                addr.port(),
+                crate::data_dir().display()
+            );
+        }
         server.run(shutdown_signal()).await;
         anyhow::Ok(())
     })
@@ -81,12 +96,6 @@ fn default_config() -> anyhow::Result<Config> {
         handler: "mod_name_server".into(),
         args: Term::atom("notUsed"),
     });
-    eprintln!(
-        "lib_chan: serving {DEFAULT_SERVICE} on 127.0.0.1:{DEFAULT_PORT}; connect with\n  \
-         LIB_CHAN_PASSWORD=... lib_chan rpc localhost:{DEFAULT_PORT} {DEFAULT_SERVICE} '{{lookup, joe}}'\n  \
-         (the client trusts the development CA {} by default)",
-        paths.ca.display()
-    );
     Ok(config)
 }
 

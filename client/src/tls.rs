@@ -280,7 +280,8 @@ pub(crate) fn handshake_error(addr: &str, name: &str, trust: TrustKind, e: io::E
 fn hint(e: &rustls::Error, name: &str, trust: TrustKind) -> String {
     use CertificateError as C;
     match e {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => match trust {
+        // BadSignature: a CA of the same name signed it, e.g. another development CA.
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => match trust {
             TrustKind::CaFiles => {
                 " (is --ca the CA that signed the server's certificate?)".to_string()
             }
