@@ -23,7 +23,11 @@ pub(crate) fn gen_cert(args: &GenCertArgs) -> anyhow::Result<()> {
     let paths = certs.write(&args.out)?;
     println!("CA certificate:     {}", paths.ca.display());
     println!("CA key:             {} (mode 0600)", paths.ca_key.display());
-    println!("server certificate: {} (for {})", paths.cert.display(), args.hosts.join(", "));
+    println!(
+        "server certificate: {} (for {})",
+        paths.cert.display(),
+        args.hosts.join(", ")
+    );
     println!("server key:         {} (mode 0600)", paths.key.display());
     Ok(())
 }

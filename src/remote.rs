@@ -67,7 +67,11 @@ pub(crate) fn password() -> anyhow::Result<String> {
 }
 
 /// The connect options the command line asks for.
-pub(crate) fn options(ca: Option<&PathBuf>, servername: Option<&String>, timeout: Duration) -> ConnectOptions {
+pub(crate) fn options(
+    ca: Option<&PathBuf>,
+    servername: Option<&String>,
+    timeout: Duration,
+) -> ConnectOptions {
     let mut opts = ConnectOptions::new()
         .connect_timeout(timeout)
         .handshake_timeout(timeout)
@@ -120,7 +124,10 @@ mod tests {
 
     #[test]
     fn addresses_split_with_v6_brackets() {
-        assert_eq!(split_address("localhost:1234").unwrap(), ("localhost".into(), 1234));
+        assert_eq!(
+            split_address("localhost:1234").unwrap(),
+            ("localhost".into(), 1234)
+        );
         assert_eq!(split_address("[::1]:99").unwrap(), ("::1".into(), 99));
         assert!(split_address("localhost").is_err());
         assert!(split_address("localhost:http").is_err());

@@ -67,9 +67,12 @@ fn find_config(explicit: Option<PathBuf>) -> Option<PathBuf> {
     if explicit.is_some() {
         return explicit;
     }
-    [PathBuf::from("lib_chan.conf"), crate::data_dir().join("lib_chan.conf")]
-        .into_iter()
-        .find(|p| p.exists())
+    [
+        PathBuf::from("lib_chan.conf"),
+        crate::data_dir().join("lib_chan.conf"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
 }
 
 /// The working default: the name server with a development certificate.
@@ -134,7 +137,10 @@ fn generate_password() -> anyhow::Result<String> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .context("cannot read /dev/urandom to generate a password")?;
-    Ok(bytes.iter().map(|b| alphabet[*b as usize % alphabet.len()]).collect())
+    Ok(bytes
+        .iter()
+        .map(|b| alphabet[*b as usize % alphabet.len()])
+        .collect())
 }
 
 /// Resolves on SIGINT or SIGTERM.

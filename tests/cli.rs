@@ -82,7 +82,9 @@ impl Drop for ServeProcess {
 
 fn lib_chan(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("LIB_CHAN_PASSWORD").stdin(Stdio::null());
+    cmd.args(args)
+        .env_remove("LIB_CHAN_PASSWORD")
+        .stdin(Stdio::null());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -114,22 +116,44 @@ fn the_seed_session_as_separate_processes() {
     let ca = certs.ca.to_str().unwrap();
     let pw = [("LIB_CHAN_PASSWORD", common::PASSWORD)];
 
-    let out = lib_chan(&["cast", &addr, "nameServer", r#"{store, joe, "writing a book"}"#, "--ca", ca], &pw);
+    let out = lib_chan(
+        &[
+            "cast",
+            &addr,
+            "nameServer",
+            r#"{store, joe, "writing a book"}"#,
+            "--ca",
+            ca,
+        ],
+        &pw,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = lib_chan(&["rpc", &addr, "nameServer", "{lookup, joe}", "--ca", ca], &pw);
+    let out = lib_chan(
+        &["rpc", &addr, "nameServer", "{lookup, joe}", "--ca", ca],
+        &pw,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "{ok,\"writing a book\"}\n");
-    let out = lib_chan(&["rpc", &addr, "nameServer", "{lookup, jim}", "--ca", ca], &pw);
+    let out = lib_chan(
+        &["rpc", &addr, "nameServer", "{lookup, jim}", "--ca", ca],
+        &pw,
+    );
     assert_eq!(text(&out.stdout), "undefined\n");
 
     // Failures: one clear line on stderr and a non-zero exit.
-    let out = lib_chan(&["rpc", &addr, "nameServer", "{lookup, joe}", "--ca", ca], &[("LIB_CHAN_PASSWORD", "wrong")]);
+    let out = lib_chan(
+        &["rpc", &addr, "nameServer", "{lookup, joe}", "--ca", ca],
+        &[("LIB_CHAN_PASSWORD", "wrong")],
+    );
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("authentication failed"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 
-    let out = lib_chan(&["rpc", &addr, "nameServer", "{lookup, joe}", "--ca", ca], &[]);
+    let out = lib_chan(
+        &["rpc", &addr, "nameServer", "{lookup, joe}", "--ca", ca],
+        &[],
+    );
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("LIB_CHAN_PASSWORD"));
 
@@ -139,16 +163,37 @@ fn the_seed_session_as_separate_processes() {
 
     // A CA that did not sign the server's certificate.
     let (_other_dir, other) = common::make_certs();
-    let out = lib_chan(&["rpc", &addr, "nameServer", "{lookup, joe}", "--ca", other.ca.to_str().unwrap()], &pw);
+    let out = lib_chan(
+        &[
+            "rpc",
+            &addr,
+            "nameServer",
+            "{lookup, joe}",
+            "--ca",
+            other.ca.to_str().unwrap(),
+        ],
+        &pw,
+    );
     assert!(!out.status.success());
-    assert!(text(&out.stderr).to_lowercase().contains("tls"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).to_lowercase().contains("tls"),
+        "{}",
+        text(&out.stderr)
+    );
 
     assert!(server.terminate(), "SIGTERM ends the server with status 0");
 
     // Nothing listens any more: connection refused is one clear line.
-    let out = lib_chan(&["rpc", &addr, "nameServer", "{lookup, joe}", "--ca", ca], &pw);
+    let out = lib_chan(
+        &["rpc", &addr, "nameServer", "{lookup, joe}", "--ca", ca],
+        &pw,
+    );
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("refused"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("refused"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -163,17 +208,43 @@ fn serve_without_a_config_makes_a_working_default() {
     // The generated password is kept, mode 0600, beside the generated certificates.
     let pw_file = data.join("password");
     let password = std::fs::read_to_string(&pw_file).unwrap().trim().to_owned();
-    assert_eq!(std::fs::metadata(&pw_file).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(data.join("server.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&pw_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(data.join("server.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     assert!(password.len() >= 16);
     let addr = format!("localhost:{}", server.port);
     let data_s = data.to_str().unwrap();
-    let envs = [("LIB_CHAN_PASSWORD", password.as_str()), ("LIB_CHAN_HOME", data_s)];
+    let envs = [
+        ("LIB_CHAN_PASSWORD", password.as_str()),
+        ("LIB_CHAN_HOME", data_s),
+    ];
     // No --ca: the client trusts the development CA from the data directory.
-    let out = lib_chan(&["cast", &addr, "nameServer", "{store, joe, \"writing a book\"}"], &envs);
+    let out = lib_chan(
+        &[
+            "cast",
+            &addr,
+            "nameServer",
+            "{store, joe, \"writing a book\"}",
+        ],
+        &envs,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = lib_chan(&["rpc", &addr, "nameServer", "{lookup, joe}"], &envs);
-    assert_eq!(text(&out.stdout), "{ok,\"writing a book\"}\n", "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "{ok,\"writing a book\"}\n",
+        "{}",
+        text(&out.stderr)
+    );
     let hint: Vec<String> = server.stdout.try_iter().collect();
     assert!(hint.iter().any(|l| l.contains("lib_chan rpc")), "{hint:?}");
     assert!(server.terminate());
@@ -191,12 +262,26 @@ fn serve_without_a_config_makes_a_working_default() {
 fn gen_cert_writes_a_ca_and_a_server_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("certs");
-    let out = lib_chan(&["gen-cert", "--out", out_dir.to_str().unwrap(), "--host", "gandalf", "--host", "198.18.0.1"], &[]);
+    let out = lib_chan(
+        &[
+            "gen-cert",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--host",
+            "gandalf",
+            "--host",
+            "198.18.0.1",
+        ],
+        &[],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     for f in ["ca.pem", "server.pem", "server.key"] {
         assert!(out_dir.join(f).exists(), "{f}");
     }
-    let mode = std::fs::metadata(out_dir.join("server.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(out_dir.join("server.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -231,19 +316,36 @@ fn check_config_validates_and_names_file_line_and_key() {
     let out = lib_chan(&["check-config", bad.to_str().unwrap()], &[]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains(&format!("{}:10: service[0].password: plaintext password refused", bad.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:10: service[0].password: plaintext password refused",
+            bad.display()
+        )),
+        "{err}"
+    );
     assert!(err.contains("hash-password"), "{err}");
 
     // A key file others can read is refused, as ssh refuses one.
     std::fs::set_permissions(&certs.key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = lib_chan(&["check-config", conf.to_str().unwrap()], &[]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("chmod 600"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("chmod 600"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["serve", "gen-cert", "hash-password", "check-config", "rpc", "cast"] {
+    for sub in [
+        "serve",
+        "gen-cert",
+        "hash-password",
+        "check-config",
+        "rpc",
+        "cast",
+    ] {
         let out = lib_chan(&[sub, "--help"], &[]);
         assert!(out.status.success(), "{sub}");
         assert!(text(&out.stdout).contains("Usage"), "{sub}");

@@ -30,11 +30,16 @@ async fn the_seed_session_with_the_rust_client() {
     // The name space is shared by every connection to the service.
     let other = server.connect("nameServer").await;
     assert_eq!(
-        within("lookup", other.rpc(term!({lookup, joe}))).await.unwrap(),
+        within("lookup", other.rpc(term!({lookup, joe})))
+            .await
+            .unwrap(),
         term!({ok, "writing a book"})
     );
     channel.close().await;
-    assert_eq!(within("closed", channel.closed()).await, CloseReason::ClosedByClient);
+    assert_eq!(
+        within("closed", channel.closed()).await,
+        CloseReason::ClosedByClient
+    );
 }
 
 #[tokio::test]
@@ -43,12 +48,19 @@ async fn auth_failures_are_typed() {
     for (service, password) in [("nameServer", "nope"), ("ghost", PASSWORD)] {
         let result = within(
             "connect",
-            server
-                .options()
-                .connect("127.0.0.1", server.addr.port(), service, password, Term::nil()),
+            server.options().connect(
+                "127.0.0.1",
+                server.addr.port(),
+                service,
+                password,
+                Term::nil(),
+            ),
         )
         .await;
-        assert!(matches!(result, Err(Error::AuthFailed)), "{service}: {result:?}");
+        assert!(
+            matches!(result, Err(Error::AuthFailed)),
+            "{service}: {result:?}"
+        );
     }
 }
 
@@ -62,7 +74,8 @@ async fn a_thousand_concurrent_rpcs_from_fifty_tasks_each_get_their_own_reply() 
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             for i in 0..20i64 {
-                let request = Term::tuple([Term::Int(t), Term::Int(i), Term::binary(vec![t as u8; 64])]);
+                let request =
+                    Term::tuple([Term::Int(t), Term::Int(i), Term::binary(vec![t as u8; 64])]);
                 let reply = channel.rpc(request.clone()).await.expect("rpc");
                 assert_eq!(reply, request);
                 seen.push((t, i));
@@ -84,7 +97,10 @@ async fn pushes_arrive_in_order_through_recv() {
     let server = TestServer::start().await;
     let channel = server.connect("echo").await;
     for i in 0..10 {
-        channel.cast(Term::tuple([term!(n), Term::Int(i)])).await.unwrap();
+        channel
+            .cast(Term::tuple([term!(n), Term::Int(i)]))
+            .await
+            .unwrap();
     }
     for i in 0..10 {
         let got = within("push", channel.recv()).await.expect("a push");
@@ -119,7 +135,9 @@ async fn name_server_extensions_delete_names_watch_and_owner_bound_stores() {
     assert_eq!(rpc(&writer, term!(names)).await.to_string(), "[7,a,b]");
     let bad = within("rpc", writer.rpc(term!({frobnicate, x}))).await;
     match bad {
-        Err(Error::Remote(reason)) => assert_eq!(reason.to_string(), "{bad_request,{frobnicate,x}}"),
+        Err(Error::Remote(reason)) => {
+            assert_eq!(reason.to_string(), "{bad_request,{frobnicate,x}}")
+        }
         other => panic!("{other:?}"),
     }
 
@@ -142,7 +160,10 @@ async fn name_server_extensions_delete_names_watch_and_owner_bound_stores() {
         within("push", watcher.recv()).await.unwrap(),
         term!({changed, session, undefined})
     );
-    assert_eq!(rpc(&writer, term!({lookup, session})).await, term!(undefined));
+    assert_eq!(
+        rpc(&writer, term!({lookup, session})).await,
+        term!(undefined)
+    );
 }
 
 #[tokio::test]
@@ -155,12 +176,17 @@ async fn shutdown_answers_calls_in_flight_first() {
     };
     // Calls are handled in order: once this echo is answered, the slow call is in flight.
     assert_eq!(
-        within("echo", channel.rpc(term!({echo, ready}))).await.unwrap(),
+        within("echo", channel.rpc(term!({echo, ready})))
+            .await
+            .unwrap(),
         term!(ready)
     );
     let handle = server.handle.take().unwrap();
     handle.begin_shutdown();
-    assert_eq!(within("slow", slow).await.unwrap().unwrap(), term!(finished));
+    assert_eq!(
+        within("slow", slow).await.unwrap().unwrap(),
+        term!(finished)
+    );
     assert_eq!(
         within("closed", channel.closed()).await,
         CloseReason::ServerError(ErrorReason::Shutdown)
@@ -177,13 +203,32 @@ async fn a_handler_that_ends_fails_outstanding_calls_and_closes() {
     let channel = server.connect("test").await;
     let held = {
         let channel = channel.clone();
-        tokio::spawn(async move { channel.rpc_timeout(term!(hold), Duration::from_secs(10)).await })
+        tokio::spawn(async move {
+            channel
+                .rpc_timeout(term!(hold), Duration::from_secs(10))
+                .await
+        })
     };
-    assert_eq!(within("echo", channel.rpc(term!({echo, x}))).await.unwrap(), term!(x));
+    assert_eq!(
+        within("echo", channel.rpc(term!({echo, x}))).await.unwrap(),
+        term!(x)
+    );
     let crash = within("crash", channel.rpc(term!(crash))).await;
-    assert!(matches!(&crash, Err(Error::Remote(r)) if r.is_atom("handler_crashed")), "{crash:?}");
+    assert!(
+        matches!(&crash, Err(Error::Remote(r)) if r.is_atom("handler_crashed")),
+        "{crash:?}"
+    );
     let held = within("held", held).await.unwrap();
-    assert!(matches!(&held, Err(Error::Remote(r)) if r.is_atom("handler_crashed")), "{held:?}");
-    assert_eq!(within("closed", channel.closed()).await, CloseReason::ClosedByServer);
-    assert!(matches!(channel.rpc(term!({echo, x})).await, Err(Error::Closed(_))));
+    assert!(
+        matches!(&held, Err(Error::Remote(r)) if r.is_atom("handler_crashed")),
+        "{held:?}"
+    );
+    assert_eq!(
+        within("closed", channel.closed()).await,
+        CloseReason::ClosedByServer
+    );
+    assert!(matches!(
+        channel.rpc(term!({echo, x})).await,
+        Err(Error::Closed(_))
+    ));
 }

@@ -10,7 +10,10 @@ use common::TestServer;
 #[tokio::test]
 async fn erlang_ssl_client_runs_the_seed_session_and_pipelined_calls() {
     let server = TestServer::start().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/erlang/seed_session.escript");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/erlang/seed_session.escript"
+    );
     let port = server.addr.port().to_string();
     let ca = server.ca_path();
     let output = tokio::task::spawn_blocking(move || {
@@ -26,7 +29,10 @@ async fn erlang_ssl_client_runs_the_seed_session_and_pipelined_calls() {
     });
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "escript failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        output.status.success(),
+        "escript failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     assert!(stdout.contains("seed session ok"), "{stdout}");
     assert!(stdout.contains("100 pipelined calls ok"), "{stdout}");
 }

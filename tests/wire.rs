@@ -46,7 +46,10 @@ async fn seed_session_frame_by_frame() {
         r#"{reply,1,{ok,"writing a book"}}"#
     );
     peer.send(&parse("{call, 2, {lookup, jim}}").unwrap()).await;
-    assert_eq!(peer.recv().await.unwrap().to_string(), "{reply,2,undefined}");
+    assert_eq!(
+        peer.recv().await.unwrap().to_string(),
+        "{reply,2,undefined}"
+    );
     // A lookup sent one-way answers with {send, Answer}.
     peer.send(&parse("{send, {lookup, joe}}").unwrap()).await;
     assert_eq!(
@@ -67,10 +70,19 @@ async fn wrong_password_and_unknown_service_look_identical() {
         let mut peer = RawPeer::connect(server.addr, &server.certs.ca).await;
         peer.send(&start_service(service, password)).await;
         replies.push(peer.recv_payload().await.expect("an answer"));
-        assert!(peer.closed().await, "{service}: server closes after refusing");
+        assert!(
+            peer.closed().await,
+            "{service}: server closes after refusing"
+        );
     }
-    assert_eq!(etf::decode(&replies[0]).unwrap().to_string(), "{error,auth_failed}");
-    assert!(replies.iter().all(|r| r == &replies[0]), "byte-identical refusals");
+    assert_eq!(
+        etf::decode(&replies[0]).unwrap().to_string(),
+        "{error,auth_failed}"
+    );
+    assert!(
+        replies.iter().all(|r| r == &replies[0]),
+        "byte-identical refusals"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +143,10 @@ async fn bad_input_after_the_handshake_gets_a_reason_then_close() {
     let server = TestServer::start().await;
     for (payload, reason) in [
         (vec![131, 200], "bad_term"),
-        (etf::encode(&term!({call, notaref, x})).unwrap(), "bad_message"),
+        (
+            etf::encode(&term!({call, notaref, x})).unwrap(),
+            "bad_message",
+        ),
         (etf::encode(&term!(hello)).unwrap(), "bad_message"),
     ] {
         let mut peer = authenticated(&server, "echo").await;
@@ -145,7 +160,10 @@ async fn bad_input_after_the_handshake_gets_a_reason_then_close() {
     // A frame over max_frame after the handshake.
     let mut peer = authenticated(&server, "echo").await;
     peer.send_raw(&(2u32 << 20).to_be_bytes()).await;
-    assert_eq!(peer.recv().await.unwrap().to_string(), "{error,frame_too_large}");
+    assert_eq!(
+        peer.recv().await.unwrap().to_string(),
+        "{error,frame_too_large}"
+    );
     // The server is still healthy.
     let mut peer = authenticated(&server, "echo").await;
     peer.send(&term!({call, 1, hi})).await;
@@ -183,7 +201,10 @@ async fn unanswered_and_crashed_calls_get_errors() {
         peer.recv().await.unwrap().to_string(),
     ];
     got.sort();
-    assert_eq!(got, ["{error,3,handler_crashed}", "{error,4,handler_crashed}"]);
+    assert_eq!(
+        got,
+        ["{error,3,handler_crashed}", "{error,4,handler_crashed}"]
+    );
     assert_eq!(peer.recv().await.unwrap(), term!(close));
     assert!(peer.closed().await);
     // The other connection did not notice.
@@ -230,7 +251,10 @@ async fn a_client_that_vanishes_mid_call_leaves_the_server_healthy() {
     assert_eq!(server.next_seen().await, Seen::Closed);
     let mut again = authenticated(&server, "test").await;
     again.send(&term!({call, 1, {echo, ok}})).await;
-    assert_eq!(within("reply", again.recv()).await.unwrap(), term!({reply, 1, ok}));
+    assert_eq!(
+        within("reply", again.recv()).await.unwrap(),
+        term!({reply, 1, ok})
+    );
 }
 
 #[tokio::test]

@@ -40,7 +40,9 @@ pub struct Channel {
 
 impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("blocking::Channel").field(&self.inner).finish()
+        f.debug_tuple("blocking::Channel")
+            .field(&self.inner)
+            .finish()
     }
 }
 
@@ -55,7 +57,14 @@ pub fn connect(
     password: impl AsRef<[u8]>,
     args: Term,
 ) -> Result<Channel, Error> {
-    connect_with_options(ConnectOptions::default(), host, port, service, password, args)
+    connect_with_options(
+        ConnectOptions::default(),
+        host,
+        port,
+        service,
+        password,
+        args,
+    )
 }
 
 /// Connects with `options`, blocking.

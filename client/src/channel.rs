@@ -1,6 +1,6 @@
 //! [`Channel`]: the handle a program uses to talk to a service over one connection.
 //!
-//! A `Channel` is a cheap `Clone` handle to one dispatch task ([`crate::dispatch`]) that
+//! A `Channel` is a cheap `Clone` handle to one dispatch task (the `dispatch` module) that
 //! owns the TLS connection, as in async-nats's client and tarpc's `Channel`. Callers do
 //! the expensive part themselves: each `cast`, `rpc` or `ping` encodes its frame in the
 //! calling task and hands finished bytes to the dispatch task over a bounded queue, so
@@ -8,7 +8,7 @@
 //!
 //! Calls are pipelined: any number of tasks may `rpc` at once on one channel. Each call
 //! takes a fresh `Ref` from a counter, registers it in the in-flight map
-//! ([`crate::in_flight`]) before its frame is queued, and waits on a oneshot that the
+//! (the `in_flight` module) before its frame is queued, and waits on a oneshot that the
 //! dispatch task completes when `{reply, Ref, Y}` or `{error, Ref, Reason}` arrives, in
 //! whatever order the server answers.
 
@@ -188,8 +188,13 @@ impl Channel {
     /// # Errors
     /// As [`rpc`](Self::rpc).
     pub async fn rpc_timeout(&self, req: Term, timeout: Duration) -> Result<Term, Error> {
-        self.ask(Kind::Call, |id| ClientMessage::Call { id, body: req }, "rpc", timeout)
-            .await
+        self.ask(
+            Kind::Call,
+            |id| ClientMessage::Call { id, body: req },
+            "rpc",
+            timeout,
+        )
+        .await
     }
 
     /// Sends `{ping, Ref}` and waits for `{pong, Ref}`, answered by the server itself
@@ -200,8 +205,13 @@ impl Channel {
     /// [`Error::Timeout`] or [`Error::Closed`].
     pub async fn ping(&self) -> Result<Duration, Error> {
         let start = Instant::now();
-        self.ask(Kind::Ping, ClientMessage::Ping, "ping", self.shared.rpc_timeout)
-            .await?;
+        self.ask(
+            Kind::Ping,
+            ClientMessage::Ping,
+            "ping",
+            self.shared.rpc_timeout,
+        )
+        .await?;
         Ok(start.elapsed())
     }
 

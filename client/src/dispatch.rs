@@ -154,10 +154,11 @@ impl Dispatch {
         // Fail every waiting call first: they should not wait for our goodbye.
         in_flight.close(reason.clone());
         closed.send_replace(Some(reason));
+        // No more pushes: `recv` returns `None` once the queue is drained.
+        drop(pushes);
         if server_ended {
             let _ = timeout(SHUTDOWN_GRACE, wr.shutdown()).await;
         }
-        // Dropping `pushes` here lets `recv` return `None` once the queue is drained.
     }
 }
 
@@ -174,6 +175,12 @@ async fn read_loop(
         let payload = match reader.next().await {
             Some(Ok(payload)) => payload,
             None => return CloseReason::ConnectionLost("the server closed the connection".into()),
+            Some(Err(FrameError::Io(e))) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                // rustls's own text for this ends in a link to its manual.
+                return CloseReason::ConnectionLost(
+                    "the server closed the connection abruptly (without a TLS close_notify)".into(),
+                );
+            }
             Some(Err(FrameError::Io(e))) => return CloseReason::ConnectionLost(e.to_string()),
             Some(Err(e @ FrameError::TruncatedAtEof { .. })) => {
                 return CloseReason::ConnectionLost(e.to_string())

@@ -82,10 +82,13 @@ async fn open(opts: &ConnectOptions, host: &str, port: u16) -> Result<Opened, Er
         .map_err(|e| Error::io(format!("connection to {addr}"), e))?;
 
     let deadline = tokio::time::Instant::now() + opts.handshake_timeout;
-    let stream = timeout_at(deadline, TlsConnector::from(config).connect(server_name, tcp))
-        .await
-        .map_err(|_| Error::Timeout("TLS handshake"))?
-        .map_err(|e| crate::tls::handshake_error(&addr, name, opts.trust_kind(), e))?;
+    let stream = timeout_at(
+        deadline,
+        TlsConnector::from(config).connect(server_name, tcp),
+    )
+    .await
+    .map_err(|_| Error::Timeout("TLS handshake"))?
+    .map_err(|e| crate::tls::handshake_error(&addr, name, opts.trust_kind(), e))?;
     Ok(Opened {
         stream,
         addr,
@@ -140,7 +143,10 @@ async fn exchange(
         .await
         .map_err(|_| Error::Timeout(phase))??;
     let term = etf::decode(&payload).map_err(|e| {
-        Error::Protocol(format!("the answer from {} is not a valid term: {e}", opened.addr))
+        Error::Protocol(format!(
+            "the answer from {} is not a valid term: {e}",
+            opened.addr
+        ))
     })?;
     let reply = HandshakeReply::from_term(&term)
         .map_err(|e| Error::Protocol(format!("unexpected answer from {}: {e}", opened.addr)))?;

@@ -268,7 +268,10 @@ pub(crate) fn handshake_error(addr: &str, name: &str, trust: TrustKind, e: io::E
                  pinned certificate (did the server get a new certificate? pin that one)"
             )
         }
-        _ => format!("TLS handshake with {addr} failed: {tls}{}", hint(&tls, name, trust)),
+        _ => format!(
+            "TLS handshake with {addr} failed: {tls}{}",
+            hint(&tls, name, trust)
+        ),
     };
     Error::Tls {
         message,
@@ -290,12 +293,14 @@ fn hint(e: &rustls::Error, name: &str, trust: TrustKind) -> String {
                 .to_string(),
             _ => String::new(),
         },
-        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
-            format!(
-                " (the certificate is not valid for {name:?}; dial a name it holds, or set \
-                 the name to check with --server-name)"
-            )
+        // The context variant already names what was expected and what the certificate holds.
+        rustls::Error::InvalidCertificate(C::NotValidForNameContext { .. }) => {
+            " (dial a name it holds, or set the name to check with --server-name)".to_string()
         }
+        rustls::Error::InvalidCertificate(C::NotValidForName) => format!(
+            " (the certificate is not valid for {name:?}; dial a name it holds, or set the \
+             name to check with --server-name)"
+        ),
         rustls::Error::InvalidCertificate(
             C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
         ) => " (check the clocks, or renew the server's certificate)".to_string(),
@@ -350,7 +355,12 @@ mod tests {
         );
         let m = handshake_error("h:1", "h", TrustKind::SystemRoots, e()).to_string();
         assert!(m.contains("system trust store"), "{m}");
-        let m = handshake_error("h:1", "h", TrustKind::CaFiles, io::ErrorKind::UnexpectedEof.into());
+        let m = handshake_error(
+            "h:1",
+            "h",
+            TrustKind::CaFiles,
+            io::ErrorKind::UnexpectedEof.into(),
+        );
         assert!(matches!(m, Error::Io { .. }), "{m:?}");
     }
 }

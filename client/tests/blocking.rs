@@ -25,9 +25,13 @@ fn a_blocking_client_does_a_call_and_closes() {
     .unwrap();
     assert_eq!(chan.welcome().max_frame, 1 << 20);
     chan.cast(term!(hello)).unwrap();
-    assert_eq!(chan.rpc(term!({lookup, joe})).unwrap(), term!({lookup, joe}));
     assert_eq!(
-        chan.rpc_timeout(term!(two), Duration::from_secs(5)).unwrap(),
+        chan.rpc(term!({lookup, joe})).unwrap(),
+        term!({lookup, joe})
+    );
+    assert_eq!(
+        chan.rpc_timeout(term!(two), Duration::from_secs(5))
+            .unwrap(),
         term!(two)
     );
     match chan.recv_timeout(Duration::from_millis(50)) {

@@ -36,8 +36,12 @@ async fn replies_out_of_order_reach_their_own_callers() {
             calls.push(call_ref(&c.recv().await.unwrap()));
         }
         for (r, x) in calls.into_iter().rev() {
-            c.send(Term::tuple([Term::atom("reply"), r, Term::tuple([Term::atom("echo"), x])]))
-                .await;
+            c.send(Term::tuple([
+                Term::atom("reply"),
+                r,
+                Term::tuple([Term::atom("echo"), x]),
+            ]))
+            .await;
         }
         c.drain().await
     })
@@ -107,13 +111,20 @@ async fn the_server_vanishing_mid_call_fails_every_pending_call_at_once() {
             other => panic!("{other:?}"),
         }
     }
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(matches!(
         within(chan.closed()).await,
         CloseReason::ConnectionLost(_)
     ));
     let e = within(chan.rpc(term!(again))).await.unwrap_err();
-    assert!(matches!(e, Error::Closed(CloseReason::ConnectionLost(_))), "{e:?}");
+    assert!(
+        matches!(e, Error::Closed(CloseReason::ConnectionLost(_))),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
@@ -130,7 +141,10 @@ async fn a_server_error_closes_with_that_reason() {
     let chan = open(&certs, addr).await;
     let e = within(chan.rpc(term!(work))).await.unwrap_err();
     assert!(
-        matches!(e, Error::Closed(CloseReason::ServerError(ErrorReason::Shutdown))),
+        matches!(
+            e,
+            Error::Closed(CloseReason::ServerError(ErrorReason::Shutdown))
+        ),
         "{e:?}"
     );
     assert_eq!(
@@ -255,13 +269,23 @@ async fn close_sends_close_then_close_notify_and_refuses_further_use() {
     let start = Instant::now();
     within(chan.close()).await;
     // The peer closes at once, so there is no waiting out the 2 s.
-    assert!(start.elapsed() < Duration::from_millis(1500), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(chan.is_closed());
     assert_eq!(within(chan.closed()).await, CloseReason::ClosedByClient);
     let e = within(chan.cast(term!(more))).await.unwrap_err();
-    assert!(matches!(e, Error::Closed(CloseReason::ClosedByClient)), "{e:?}");
+    assert!(
+        matches!(e, Error::Closed(CloseReason::ClosedByClient)),
+        "{e:?}"
+    );
     let e = within(chan.rpc(term!(more))).await.unwrap_err();
-    assert!(matches!(e, Error::Closed(CloseReason::ClosedByClient)), "{e:?}");
+    assert!(
+        matches!(e, Error::Closed(CloseReason::ClosedByClient)),
+        "{e:?}"
+    );
     assert_eq!(within(chan.recv()).await, None);
     // Closing twice is harmless.
     within(chan.close()).await;
@@ -300,7 +324,10 @@ async fn a_close_waits_at_most_about_two_seconds_for_a_silent_server() {
     let start = Instant::now();
     within(chan.close()).await;
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(4), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
     assert_eq!(within(chan.closed()).await, CloseReason::ClosedByClient);
 }
 
@@ -343,7 +370,10 @@ async fn a_malformed_server_frame_is_a_protocol_close() {
     .await;
     let chan = open(&certs, addr).await;
     let e = within(chan.rpc(term!(x))).await.unwrap_err();
-    assert!(matches!(e, Error::Closed(CloseReason::Protocol(_))), "{e:?}");
+    assert!(
+        matches!(e, Error::Closed(CloseReason::Protocol(_))),
+        "{e:?}"
+    );
     match within(chan.closed()).await {
         CloseReason::Protocol(m) => assert!(m.contains("surprise"), "{m}"),
         other => panic!("{other:?}"),

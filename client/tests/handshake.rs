@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{frame, peer, within, Certs};
-use lib_chan_client::{term, CloseReason, ErrorReason, Error, Term, Welcome};
+use lib_chan_client::{term, CloseReason, Error, ErrorReason, Term, Welcome};
 use lib_chan_protocol::message::{Hello, Password};
 use tokio::io::AsyncWriteExt;
 
@@ -136,7 +136,10 @@ async fn timeout_and_bad_request_are_refusals() {
     let e = connect_to_answer(term!({error, timeout})).await;
     assert!(matches!(e, Error::Refused(ErrorReason::Timeout)), "{e:?}");
     let e = connect_to_answer(term!({error, bad_request})).await;
-    assert!(matches!(e, Error::Refused(ErrorReason::BadRequest)), "{e:?}");
+    assert!(
+        matches!(e, Error::Refused(ErrorReason::BadRequest)),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
@@ -353,7 +356,10 @@ async fn a_server_that_never_answers_times_out_start_service() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(e, Error::Timeout("start_service handshake")), "{e:?}");
+    assert!(
+        matches!(e, Error::Timeout("start_service handshake")),
+        "{e:?}"
+    );
     peer.abort();
 }
 
@@ -375,10 +381,10 @@ async fn a_plaintext_server_is_not_mistaken_for_tls() {
     ))
     .await
     .unwrap_err();
+    assert!(matches!(e, Error::Tls { .. } | Error::Io { .. }), "{e:?}");
     assert!(
-        matches!(e, Error::Tls { .. } | Error::Io { .. }),
-        "{e:?}"
+        e.to_string().contains("TLS handshake with 127.0.0.1"),
+        "{e}"
     );
-    assert!(e.to_string().contains("TLS handshake with 127.0.0.1"), "{e}");
     srv.abort();
 }

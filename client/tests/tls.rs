@@ -97,7 +97,8 @@ async fn server_name_override_checks_that_name_instead_of_the_address() {
             assert!(
                 matches!(
                     c,
-                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+                    CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. }
                 ),
                 "{c:?}"
             );
@@ -118,18 +119,18 @@ async fn a_pinned_certificate_is_accepted_and_any_other_refused() {
     let pinned = ConnectOptions::new().pinned_cert_pem(&certs.leaf_pem);
     try_connect(&certs, pinned.clone()).await.unwrap();
     // A chain file pins its first certificate, the leaf.
-    try_connect(&certs, ConnectOptions::new().pinned_cert_pem(&certs.chain_pem))
-        .await
-        .unwrap();
+    try_connect(
+        &certs,
+        ConnectOptions::new().pinned_cert_pem(&certs.chain_pem),
+    )
+    .await
+    .unwrap();
 
     // Same names, same kind of CA, different certificate: refused.
     let other = Certs::localhost();
     let e = try_connect(&other, pinned).await.unwrap_err();
     assert!(matches!(e, Error::Tls { .. }), "{e:?}");
-    assert!(
-        e.to_string().contains("not the pinned certificate"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("not the pinned certificate"), "{e}");
 
     // Pinning the CA instead of the server's own certificate is refused too.
     let e = try_connect(&certs, ConnectOptions::new().pinned_cert_pem(&certs.ca_pem))

@@ -216,8 +216,7 @@ fn encode_term<B: BufMut>(term: &Term, out: &mut B, depth: usize) -> Result<(), 
         Term::List(items) => {
             if items.is_empty() {
                 out.put_u8(tag::NIL);
-            } else if items.len() <= 0xFFFF
-                && items.iter().all(|t| matches!(t, Term::Int(0..=255)))
+            } else if items.len() <= 0xFFFF && items.iter().all(|t| matches!(t, Term::Int(0..=255)))
             {
                 out.put_u8(tag::STRING);
                 out.put_u16(items.len() as u16);
@@ -338,7 +337,12 @@ impl<'a> Decoder<'a> {
 
     /// Reads an element count and checks that the bytes left can hold `count` elements
     /// of at least `min_size` bytes each, before anything is allocated for them.
-    fn count(&mut self, count: usize, header_at: usize, min_size: usize) -> Result<usize, DecodeError> {
+    fn count(
+        &mut self,
+        count: usize,
+        header_at: usize,
+        min_size: usize,
+    ) -> Result<usize, DecodeError> {
         let need = (count as u64).saturating_mul(min_size as u64);
         if need > self.left() as u64 {
             return Err(self.error_at(
@@ -359,7 +363,9 @@ impl<'a> Decoder<'a> {
             tag::SMALL_INTEGER => Ok(Term::Int(self.u8()?.into())),
             tag::INTEGER => {
                 let b = self.take(4)?;
-                Ok(Term::Int(i32::from_be_bytes([b[0], b[1], b[2], b[3]]).into()))
+                Ok(Term::Int(
+                    i32::from_be_bytes([b[0], b[1], b[2], b[3]]).into(),
+                ))
             }
             tag::SMALL_BIG => self.small_big(at),
             tag::NEW_FLOAT => {
@@ -395,7 +401,9 @@ impl<'a> Decoder<'a> {
             tag::STRING => {
                 let n = self.u16()?.into();
                 let n = self.count(n, at, 1)?;
-                Ok(Term::List(self.take(n)?.iter().map(|&b| Term::Int(b.into())).collect()))
+                Ok(Term::List(
+                    self.take(n)?.iter().map(|&b| Term::Int(b.into())).collect(),
+                ))
             }
             tag::LIST => {
                 let n = self.u32()? as usize;
@@ -437,7 +445,9 @@ impl<'a> Decoder<'a> {
     /// arrive, so nested headers that each claim the whole rest of the payload cannot
     /// multiply the memory reserved ahead of the data.
     fn sequence(&mut self, n: usize, depth: usize) -> Result<Vec<Term>, DecodeError> {
-        if depth + 1 >= MAX_DEPTH {
+        // The elements sit one level deeper; an empty container has none, so it is fine
+        // at any depth the encoder accepts.
+        if n > 0 && depth + 1 >= MAX_DEPTH {
             return Err(self.error(DecodeErrorKind::TooDeep));
         }
         let mut items = Vec::with_capacity(n.min(16));
@@ -448,7 +458,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn map(&mut self, n: usize, depth: usize, at: usize) -> Result<Term, DecodeError> {
-        if depth + 1 >= MAX_DEPTH {
+        if n > 0 && depth + 1 >= MAX_DEPTH {
             return Err(self.error(DecodeErrorKind::TooDeep));
         }
         let mut entries: Vec<(Term, Term)> = Vec::with_capacity(n.min(16));
@@ -526,7 +536,10 @@ mod tests {
         let bytes = encode(&t).unwrap();
         assert_eq!(
             bytes,
-            [131, 104, 3, 119, 5, b's', b't', b'o', b'r', b'e', 119, 3, b'j', b'o', b'e', 107, 0, 2, b'a', b'b']
+            [
+                131, 104, 3, 119, 5, b's', b't', b'o', b'r', b'e', 119, 3, b'j', b'o', b'e', 107,
+                0, 2, b'a', b'b'
+            ]
         );
         roundtrip(&t);
     }
@@ -599,8 +612,14 @@ mod tests {
         let mut inf = vec![131, 70];
         inf.extend(f64::INFINITY.to_be_bytes());
         assert_eq!(kind(&inf), NonFiniteFloat);
-        assert_eq!(kind(&[131, 110, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), IntegerOutOfRange);
-        assert_eq!(kind(&[131, 110, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]), IntegerOutOfRange);
+        assert_eq!(
+            kind(&[131, 110, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            IntegerOutOfRange
+        );
+        assert_eq!(
+            kind(&[131, 110, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]),
+            IntegerOutOfRange
+        );
         assert_eq!(kind(&[131, 110, 1, 2, 5]), IntegerOutOfRange);
         assert_eq!(
             kind(&[131, 116, 0, 0, 0, 2, 97, 1, 97, 2, 97, 1, 97, 3]),
@@ -614,12 +633,17 @@ mod tests {
         let t = decode(&[131, 110, 8, 1, 0, 0, 0, 0, 0, 0, 0, 0x80]).unwrap();
         assert_eq!(t, Term::Int(i64::MIN));
         // Leading zero digits are tolerated.
-        assert_eq!(decode(&[131, 110, 9, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap(), Term::Int(5));
+        assert_eq!(
+            decode(&[131, 110, 9, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap(),
+            Term::Int(5)
+        );
     }
 
     #[test]
     fn every_rejected_tag_is_named() {
-        for tag in [68, 69, 77, 80, 82, 88, 89, 90, 99, 101, 102, 103, 111, 112, 113, 114, 117, 120, 121] {
+        for tag in [
+            68, 69, 77, 80, 82, 88, 89, 90, 99, 101, 102, 103, 111, 112, 113, 114, 117, 120, 121,
+        ] {
             match kind(&[131, tag, 0, 0, 0, 0, 0, 0, 0, 0]) {
                 DecodeErrorKind::RejectedTag(t, _) => assert_eq!(t, tag),
                 other => panic!("tag {tag}: {other:?}"),
@@ -660,7 +684,10 @@ mod tests {
 
     #[test]
     fn encoder_refuses_what_erlang_cannot_read() {
-        assert_eq!(encode(&Term::Float(f64::NAN)), Err(EncodeError::NonFiniteFloat));
+        assert_eq!(
+            encode(&Term::Float(f64::NAN)),
+            Err(EncodeError::NonFiniteFloat)
+        );
         let mut t = Term::nil();
         for _ in 0..MAX_DEPTH + 1 {
             t = Term::list([t]);

@@ -213,7 +213,10 @@ mod tests {
         let mut buf = BytesMut::from(&[0x00, 0x00, 0x10, 0x01][..]);
         let cap = buf.capacity();
         match codec.decode(&mut buf) {
-            Err(FrameError::TooLarge { len: 4097, max: 4096 }) => {}
+            Err(FrameError::TooLarge {
+                len: 4097,
+                max: 4096,
+            }) => {}
             other => panic!("{other:?}"),
         }
         assert_eq!(buf.capacity(), cap);

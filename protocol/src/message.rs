@@ -367,7 +367,9 @@ impl ClientMessage {
                 id: reference(r).ok_or_else(err)?,
                 body: x.clone(),
             }),
-            [tag, r] if tag.is_atom("ping") => Ok(ClientMessage::Ping(reference(r).ok_or_else(err)?)),
+            [tag, r] if tag.is_atom("ping") => {
+                Ok(ClientMessage::Ping(reference(r).ok_or_else(err)?))
+            }
             _ => Err(err()),
         }
     }
@@ -416,7 +418,9 @@ impl ServerMessage {
             [tag, reason] if tag.is_atom("error") => {
                 Ok(ServerMessage::Error(ErrorReason::from_term(reason)))
             }
-            [tag, r] if tag.is_atom("pong") => Ok(ServerMessage::Pong(reference(r).ok_or_else(err)?)),
+            [tag, r] if tag.is_atom("pong") => {
+                Ok(ServerMessage::Pong(reference(r).ok_or_else(err)?))
+            }
             _ => Err(err()),
         }
     }
@@ -499,8 +503,9 @@ mod tests {
 
     #[test]
     fn welcome_ignores_unknown_keys_and_needs_the_known_ones() {
-        let w = parse("{ok, #{protocol => 1, max_frame => 1048576, server => <<\"x\">>, extra => 5}}")
-            .unwrap();
+        let w =
+            parse("{ok, #{protocol => 1, max_frame => 1048576, server => <<\"x\">>, extra => 5}}")
+                .unwrap();
         assert_eq!(
             HandshakeReply::from_term(&w).unwrap(),
             HandshakeReply::Welcome(Welcome {

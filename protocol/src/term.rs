@@ -107,7 +107,11 @@ impl Term {
 
     /// The empty list `[]`.
     pub fn nil() -> Term {
-        Term::List(Arc::from(Vec::new()))
+        // One shared empty slice: `[]` is common (every proper list's tail in ETF, most
+        // ArgsC) and should cost no allocation.
+        static NIL: std::sync::LazyLock<Arc<[Term]>> =
+            std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+        Term::List(Arc::clone(&NIL))
     }
 
     /// A map of `entries`; when a key is given twice the last value wins, as in Erlang's
@@ -196,7 +200,11 @@ impl Term {
     pub fn as_charlist(&self) -> Option<String> {
         self.as_list()?
             .iter()
-            .map(|t| t.as_int().and_then(|i| u32::try_from(i).ok()).and_then(char::from_u32))
+            .map(|t| {
+                t.as_int()
+                    .and_then(|i| u32::try_from(i).ok())
+                    .and_then(char::from_u32)
+            })
             .collect()
     }
 
@@ -223,8 +231,11 @@ fn cmp_int_float(i: i64, f: f64) -> Ordering {
         return Ordering::Greater;
     }
     let whole = f.trunc() as i64;
-    i.cmp(&whole)
-        .then_with(|| 0.0f64.partial_cmp(&(f - f.trunc())).unwrap_or(Ordering::Equal))
+    i.cmp(&whole).then_with(|| {
+        0.0f64
+            .partial_cmp(&(f - f.trunc()))
+            .unwrap_or(Ordering::Equal)
+    })
 }
 
 impl Ord for Term {
@@ -379,7 +390,10 @@ mod tests {
         assert_eq!(Term::Int(1).cmp(&Term::Float(1.0)), Ordering::Less);
         assert_eq!(Term::Float(1.5).cmp(&Term::Int(1)), Ordering::Greater);
         assert_eq!(Term::Float(0.5).cmp(&Term::Int(1)), Ordering::Less);
-        assert_eq!(Term::Int(i64::MAX).cmp(&Term::Float(9.3e18)), Ordering::Less);
+        assert_eq!(
+            Term::Int(i64::MAX).cmp(&Term::Float(9.3e18)),
+            Ordering::Less
+        );
         assert_eq!(Term::Int(-3).cmp(&Term::Float(-2.5)), Ordering::Less);
     }
 

@@ -184,7 +184,10 @@ mod tests {
     #[test]
     fn policy_refuses_plaintext_other_algorithms_and_costly_params() {
         assert_eq!(check_hash_policy("ABXy45"), Err(HashPolicyError::NotAHash));
-        assert!(!matches!(check_hash_policy("$argon2id$garbage"), Ok(()) | Err(HashPolicyError::NotAHash)));
+        assert!(!matches!(
+            check_hash_policy("$argon2id$garbage"),
+            Ok(()) | Err(HashPolicyError::NotAHash)
+        ));
         let salt = "c2FsdHNhbHRzYWx0c2FsdA"; // 16 bytes
         let out = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"; // 32 bytes
         let with = |alg: &str, params: &str| format!("${alg}$v=19${params}${salt}${out}");
@@ -192,24 +195,48 @@ mod tests {
             check_hash_policy(&with("argon2i", "m=19456,t=2,p=1")),
             Err(HashPolicyError::Algorithm(_))
         ));
-        assert_eq!(check_hash_policy(&with("argon2id", "m=19456,t=2,p=1")), Ok(()));
-        for bad in ["m=262144,t=2,p=1", "m=8,t=2,p=1", "m=19456,t=1,p=1", "m=19456,t=10,p=1", "m=19456,t=2,p=8"] {
+        assert_eq!(
+            check_hash_policy(&with("argon2id", "m=19456,t=2,p=1")),
+            Ok(())
+        );
+        for bad in [
+            "m=262144,t=2,p=1",
+            "m=8,t=2,p=1",
+            "m=19456,t=1,p=1",
+            "m=19456,t=10,p=1",
+            "m=19456,t=2,p=8",
+        ] {
             assert!(
-                matches!(check_hash_policy(&with("argon2id", bad)), Err(HashPolicyError::Params(_))),
+                matches!(
+                    check_hash_policy(&with("argon2id", bad)),
+                    Err(HashPolicyError::Params(_))
+                ),
                 "{bad}"
             );
         }
         let short_salt = format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA${out}");
-        assert!(matches!(check_hash_policy(&short_salt), Err(HashPolicyError::Params(_))));
+        assert!(matches!(
+            check_hash_policy(&short_salt),
+            Err(HashPolicyError::Params(_))
+        ));
     }
 
     #[tokio::test]
     async fn unknown_service_is_invalid_and_the_queue_is_bounded() {
         let checker = PasswordChecker::new(1, 0);
         let h = hash_password(b"pw");
-        assert_eq!(checker.check(Some(&h), b"pw".to_vec()).await, CheckOutcome::Valid);
-        assert_eq!(checker.check(Some(&h), b"no".to_vec()).await, CheckOutcome::Invalid);
-        assert_eq!(checker.check(None, b"pw".to_vec()).await, CheckOutcome::Invalid);
+        assert_eq!(
+            checker.check(Some(&h), b"pw".to_vec()).await,
+            CheckOutcome::Valid
+        );
+        assert_eq!(
+            checker.check(Some(&h), b"no".to_vec()).await,
+            CheckOutcome::Invalid
+        );
+        assert_eq!(
+            checker.check(None, b"pw".to_vec()).await,
+            CheckOutcome::Invalid
+        );
         // One running, none may wait: a second concurrent check is refused.
         let (a, b) = tokio::join!(
             checker.check(Some(&h), b"pw".to_vec()),

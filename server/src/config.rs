@@ -215,10 +215,13 @@ impl Config {
             None => DEFAULT_PORT,
         };
         let bind = match &raw.bind {
-            Some(b) => b
-                .get_ref()
-                .parse()
-                .map_err(|_| doc.error(b.span(), "bind", "not an IP address, e.g. \"0.0.0.0\" or \"::1\""))?,
+            Some(b) => b.get_ref().parse().map_err(|_| {
+                doc.error(
+                    b.span(),
+                    "bind",
+                    "not an IP address, e.g. \"0.0.0.0\" or \"::1\"",
+                )
+            })?,
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
         let tls = match raw.tls {
@@ -265,12 +268,18 @@ impl Config {
         };
         for (i, s) in self.services.iter().enumerate() {
             if !registry.contains(&s.handler) {
-                return Err(err(format!("service[{i}].handler"), unknown_handler(&s.handler, registry)));
+                return Err(err(
+                    format!("service[{i}].handler"),
+                    unknown_handler(&s.handler, registry),
+                ));
             }
             check_hash_policy(&s.password_hash)
                 .map_err(|e| err(format!("service[{i}].password"), e.to_string()))?;
             if self.services[..i].iter().any(|o| o.name == s.name) {
-                return Err(err(format!("service[{i}].name"), format!("service `{}` is defined twice", s.name)));
+                return Err(err(
+                    format!("service[{i}].name"),
+                    format!("service `{}` is defined twice", s.name),
+                ));
             }
         }
         Ok(())
@@ -293,7 +302,11 @@ struct Doc<'a> {
 impl Doc<'_> {
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
     fn error(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
@@ -368,7 +381,11 @@ impl RawLimits {
             if let Some(v) = v {
                 let s = *v.get_ref();
                 if !(s > 0.0 && s <= 86_400.0) {
-                    return Err(doc.error(v.span(), key, "must be a number of seconds above 0 and at most 86400"));
+                    return Err(doc.error(
+                        v.span(),
+                        key,
+                        "must be a number of seconds above 0 and at most 86400",
+                    ));
                 }
                 *out = Duration::from_secs_f64(s);
             }
@@ -384,10 +401,26 @@ impl RawLimits {
             }
             Ok(())
         };
-        secs(&self.tls_handshake_timeout, "limits.tls_handshake_timeout", &mut l.tls_handshake_timeout)?;
-        secs(&self.handshake_timeout, "limits.handshake_timeout", &mut l.handshake_timeout)?;
-        secs(&self.write_timeout, "limits.write_timeout", &mut l.write_timeout)?;
-        secs(&self.shutdown_grace, "limits.shutdown_grace", &mut l.shutdown_grace)?;
+        secs(
+            &self.tls_handshake_timeout,
+            "limits.tls_handshake_timeout",
+            &mut l.tls_handshake_timeout,
+        )?;
+        secs(
+            &self.handshake_timeout,
+            "limits.handshake_timeout",
+            &mut l.handshake_timeout,
+        )?;
+        secs(
+            &self.write_timeout,
+            "limits.write_timeout",
+            &mut l.write_timeout,
+        )?;
+        secs(
+            &self.shutdown_grace,
+            "limits.shutdown_grace",
+            &mut l.shutdown_grace,
+        )?;
         if let Some(v) = &self.idle_timeout {
             let s = *v.get_ref();
             l.idle_timeout = if s == 0.0 {
@@ -398,12 +431,48 @@ impl RawLimits {
                 Some(d)
             };
         }
-        count(&self.max_frame, "limits.max_frame", 4096, 64 << 20, &mut l.max_frame)?;
-        count(&self.max_connections, "limits.max_connections", 1, 1 << 20, &mut l.max_connections)?;
-        count(&self.max_password_checks, "limits.max_password_checks", 1, 256, &mut l.max_password_checks)?;
-        count(&self.password_check_queue, "limits.password_check_queue", 0, 1 << 16, &mut l.password_check_queue)?;
-        count(&self.max_calls_in_flight, "limits.max_calls_in_flight", 1, 1 << 20, &mut l.max_calls_in_flight)?;
-        count(&self.outbound_queue, "limits.outbound_queue", 1, 1 << 20, &mut l.outbound_queue)?;
+        count(
+            &self.max_frame,
+            "limits.max_frame",
+            4096,
+            64 << 20,
+            &mut l.max_frame,
+        )?;
+        count(
+            &self.max_connections,
+            "limits.max_connections",
+            1,
+            1 << 20,
+            &mut l.max_connections,
+        )?;
+        count(
+            &self.max_password_checks,
+            "limits.max_password_checks",
+            1,
+            256,
+            &mut l.max_password_checks,
+        )?;
+        count(
+            &self.password_check_queue,
+            "limits.password_check_queue",
+            0,
+            1 << 16,
+            &mut l.password_check_queue,
+        )?;
+        count(
+            &self.max_calls_in_flight,
+            "limits.max_calls_in_flight",
+            1,
+            1 << 20,
+            &mut l.max_calls_in_flight,
+        )?;
+        count(
+            &self.outbound_queue,
+            "limits.outbound_queue",
+            1,
+            1 << 20,
+            &mut l.outbound_queue,
+        )?;
         Ok(())
     }
 }
@@ -431,11 +500,19 @@ impl RawService {
             return Err(doc.error(self.name.span(), &key("name"), "must not be empty"));
         }
         if earlier.iter().any(|s| &s.name == name) {
-            return Err(doc.error(self.name.span(), &key("name"), &format!("service `{name}` is defined twice")));
+            return Err(doc.error(
+                self.name.span(),
+                &key("name"),
+                &format!("service `{name}` is defined twice"),
+            ));
         }
         let handler = self.handler.get_ref();
         if !registry.contains(handler) {
-            return Err(doc.error(self.handler.span(), &key("handler"), &unknown_handler(handler, registry)));
+            return Err(doc.error(
+                self.handler.span(),
+                &key("handler"),
+                &unknown_handler(handler, registry),
+            ));
         }
         let hash = self.password.get_ref();
         if let Err(e) = check_hash_policy(hash) {
@@ -477,7 +554,9 @@ mod tests {
 
     fn registry() -> Registry {
         let mut r = Registry::new();
-        r.register("mod_name_server", |_| Ok(Arc::new(Nothing) as Arc<dyn Service>));
+        r.register("mod_name_server", |_| {
+            Ok(Arc::new(Nothing) as Arc<dyn Service>)
+        });
         r
     }
 
@@ -516,7 +595,9 @@ args = "notUsed"
         assert_eq!(c.bind.to_string(), "127.0.0.1");
         assert_eq!(c.services[0].args, Term::atom("notUsed"));
         match c.tls {
-            TlsSource::Files { cert, .. } => assert_eq!(cert, Path::new("/etc/lib_chan/server.pem")),
+            TlsSource::Files { cert, .. } => {
+                assert_eq!(cert, Path::new("/etc/lib_chan/server.pem"))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -526,13 +607,48 @@ args = "notUsed"
     fn every_error_names_file_line_and_key() {
         let g = good();
         let cases: Vec<(String, usize, &str, &str)> = vec![
-            (g.replace("port = 1234", "port = \"x\""), 1, "port", "invalid type"),
-            (g.replace("port = 1234", "port = 99999"), 1, "port", "0 to 65535"),
-            (g.replace("port = 1234", "prot = 1234"), 1, "prot", "unknown field"),
-            (g.replace("bind = \"127.0.0.1\"", "bind = \"nowhere\""), 2, "bind", "not an IP address"),
-            (g.replace(hash(), "ABXy45"), 10, "service[0].password", "plaintext password refused"),
-            (g.replace("mod_name_server", "mod_nope"), 11, "service[0].handler", "unknown handler `mod_nope`"),
-            (g.replace("\"notUsed\"", "\"{unclosed\""), 12, "service[0].args", "not an Erlang term"),
+            (
+                g.replace("port = 1234", "port = \"x\""),
+                1,
+                "port",
+                "invalid type",
+            ),
+            (
+                g.replace("port = 1234", "port = 99999"),
+                1,
+                "port",
+                "0 to 65535",
+            ),
+            (
+                g.replace("port = 1234", "prot = 1234"),
+                1,
+                "prot",
+                "unknown field",
+            ),
+            (
+                g.replace("bind = \"127.0.0.1\"", "bind = \"nowhere\""),
+                2,
+                "bind",
+                "not an IP address",
+            ),
+            (
+                g.replace(hash(), "ABXy45"),
+                10,
+                "service[0].password",
+                "plaintext password refused",
+            ),
+            (
+                g.replace("mod_name_server", "mod_nope"),
+                11,
+                "service[0].handler",
+                "unknown handler `mod_nope`",
+            ),
+            (
+                g.replace("\"notUsed\"", "\"{unclosed\""),
+                12,
+                "service[0].args",
+                "not an Erlang term",
+            ),
             (g.replace("port = 1234", "port = 1234 ="), 1, "port", ""),
             (
                 format!("{g}\n[limits]\nhandshake_timeout = -1\n"),
@@ -567,6 +683,10 @@ args = "notUsed"
         assert_eq!(e.key.as_deref(), Some("service[1].name"));
         assert_eq!(e.line, Some(15));
         let e = Config::load(Path::new("/nonexistent/lib_chan.conf"), &registry()).unwrap_err();
-        assert!(e.to_string().starts_with("/nonexistent/lib_chan.conf: cannot read"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/lib_chan.conf: cannot read"),
+            "{e}"
+        );
     }
 }

@@ -11,8 +11,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 
 /// A CA and a server certificate signed by it, all in PEM.
@@ -73,12 +73,12 @@ pub enum DevCertError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     /// A file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {error}")]
     Write {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -130,7 +130,7 @@ impl DevCerts {
         let paths = DevCertPaths::in_dir(dir);
         fs::create_dir_all(dir).map_err(|source| DevCertError::Write {
             path: dir.to_owned(),
-            source,
+            error: source,
         })?;
         write_file(&paths.ca, &self.ca_pem, 0o644)?;
         write_file(&paths.ca_key, &self.ca_key_pem, 0o600)?;
@@ -143,7 +143,7 @@ impl DevCerts {
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), DevCertError> {
     let err = |source| DevCertError::Write {
         path: path.to_owned(),
-        source,
+        error: source,
     };
     // Remove first so that an existing file's looser mode does not survive.
     let _ = fs::remove_file(path);

@@ -152,7 +152,10 @@ where
                 let entry = state.services.get(&service).cloned();
                 let outcome = state
                     .checker
-                    .check(entry.as_ref().map(|e| e.config.password_hash.as_str()), password.0)
+                    .check(
+                        entry.as_ref().map(|e| e.config.password_hash.as_str()),
+                        password.0,
+                    )
                     .await;
                 match (outcome, entry) {
                     (CheckOutcome::Valid, Some(entry)) => {
@@ -185,7 +188,10 @@ where
 }
 
 /// Writes one handshake frame and flushes it.
-async fn send<S>(reader: &mut FramedRead<S, FrameCodec>, reply: &HandshakeReply) -> std::io::Result<()>
+async fn send<S>(
+    reader: &mut FramedRead<S, FrameCodec>,
+    reply: &HandshakeReply,
+) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -171,10 +171,10 @@ where
                     return Ended { reason, handler: None };
                 }
                 permit = events_tx.reserve(), if pending.is_some() => {
-                    match (permit, pending.take()) {
-                        (Ok(permit), Some(event)) => permit.send(event),
-                        // The handler dropped its session: it is ending.
-                        _ => {}
+                    // An error means the handler dropped its session: it is ending, and
+                    // the handler branch will see it.
+                    if let (Ok(permit), Some(event)) = (permit, pending.take()) {
+                        permit.send(event);
                     }
                 }
                 () = shutdown.cancelled(), if !draining => {
@@ -214,7 +214,9 @@ where
             Some(Err(FrameError::TooLarge { .. })) => {
                 return Err(CloseReason::Protocol(ErrorReason::FrameTooLarge))
             }
-            Some(Err(FrameError::Empty)) => return Err(CloseReason::Protocol(ErrorReason::BadTerm)),
+            Some(Err(FrameError::Empty)) => {
+                return Err(CloseReason::Protocol(ErrorReason::BadTerm))
+            }
             Some(Err(e)) => return Err(CloseReason::ClientGone(e.to_string())),
         };
         let term = etf::decode(&payload).map_err(|e| {
@@ -242,7 +244,11 @@ where
                     return Ok(None);
                 }
                 self.in_flight.insert(id);
-                Ok(Some(Event::Call(Call::new(id, body, self.middle_man.clone()))))
+                Ok(Some(Event::Call(Call::new(
+                    id,
+                    body,
+                    self.middle_man.clone(),
+                ))))
             }
             ClientMessage::Ping(r) => {
                 self.write_now(ServerMessage::Pong(r))
@@ -331,7 +337,9 @@ where
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(WriteFailed(CloseReason::ClientGone(e.to_string()))),
-            Err(_) => Err(WriteFailed(CloseReason::Protocol(ErrorReason::SlowConsumer))),
+            Err(_) => Err(WriteFailed(CloseReason::Protocol(
+                ErrorReason::SlowConsumer,
+            ))),
         }
     }
 
@@ -401,7 +409,10 @@ where
             drop(stream);
         }
         if let Some(mut handler) = handler {
-            if tokio::time::timeout(HANDLER_EXIT_GRACE, &mut handler).await.is_err() {
+            if tokio::time::timeout(HANDLER_EXIT_GRACE, &mut handler)
+                .await
+                .is_err()
+            {
                 tracing::warn!(%peer, "handler still running after its channel closed; aborting it");
                 handler.abort();
             }

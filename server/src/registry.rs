@@ -12,7 +12,8 @@ use crate::config::ServiceConfig;
 use crate::handler::Service;
 
 /// Makes the service for one `[[service]]` entry, or says why its `args` do not suit it.
-pub type ServiceFactory = Arc<dyn Fn(&ServiceConfig) -> Result<Arc<dyn Service>, String> + Send + Sync>;
+pub type ServiceFactory =
+    Arc<dyn Fn(&ServiceConfig) -> Result<Arc<dyn Service>, String> + Send + Sync>;
 
 /// Handler names and their factories.
 #[derive(Clone, Default)]

@@ -63,12 +63,12 @@ pub enum StartError {
         message: String,
     },
     /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -112,10 +112,14 @@ impl Server {
         let addr = SocketAddr::new(config.bind, config.port);
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+            .map_err(|source| StartError::Bind {
+                addr,
+                error: source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr,
+            error: source,
+        })?;
         let limits = config.limits;
         let checker = PasswordChecker::new(limits.max_password_checks, limits.password_check_queue);
         Ok(Server {
@@ -175,7 +179,10 @@ impl Server {
         tracker.close();
         let bound = state.limits.shutdown_grace + middle_man::LINGER * 3;
         if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
-            tracing::warn!(open = tracker.len(), "connections still open after the grace period");
+            tracing::warn!(
+                open = tracker.len(),
+                "connections still open after the grace period"
+            );
         }
         tracing::info!("shut down");
     }
@@ -230,7 +237,10 @@ impl Drop for ServerHandle {
 
 fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    )
 }
 
 /// One connection from accept to close.

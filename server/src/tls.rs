@@ -18,12 +18,12 @@ use crate::config::TlsSource;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A key file that others may read.
     #[error("{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
@@ -54,7 +54,7 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn read(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
     std::fs::read(path).map_err(|source| TlsSetupError::Read {
         path: path.to_owned(),
-        source,
+        error: source,
     })
 }
 
@@ -65,7 +65,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
 pub fn check_key_mode(path: &Path) -> Result<(), TlsSetupError> {
     let meta = std::fs::metadata(path).map_err(|source| TlsSetupError::Read {
         path: path.to_owned(),
-        source,
+        error: source,
     })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {

@@ -14,7 +14,9 @@ use lib_chan_server::Registry;
 /// A registry holding every built-in handler: `mod_name_server` and `mod_echo`.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
-    r.register("mod_name_server", |_config| Ok(Arc::new(name_server::NameServer::new())));
+    r.register("mod_name_server", |_config| {
+        Ok(Arc::new(name_server::NameServer::new()))
+    });
     r.register("mod_echo", |_config| Ok(Arc::new(echo::Echo)));
     r
 }

@@ -75,9 +75,8 @@ impl Request {
 
 /// `#{owner => channel}`, exactly.
 fn is_owner_channel(opts: &Term) -> bool {
-    opts.as_map().is_some_and(|m| {
-        m.len() == 1 && m[0].0.is_atom("owner") && m[0].1.is_atom("channel")
-    })
+    opts.as_map()
+        .is_some_and(|m| m.len() == 1 && m[0].0.is_atom("owner") && m[0].1.is_atom("channel"))
 }
 
 /// `{ok, V}` or `undefined`.
@@ -169,7 +168,11 @@ impl NameSpace {
     fn disconnect(&self, connection: u64, owned: &HashSet<Term>, watched: &HashSet<Term>) {
         let mut names = self.lock();
         for key in owned {
-            if names.entries.get(key).is_some_and(|e| e.owner == Some(connection)) {
+            if names
+                .entries
+                .get(key)
+                .is_some_and(|e| e.owner == Some(connection))
+            {
                 names.entries.remove(key);
                 names.notify(key, None);
             }
@@ -352,7 +355,7 @@ mod tests {
         space.store(Term::Float(1.0), term!(float), None);
         space.store(term!(b), term!(x), None);
         space.store(term!("a"), term!(y), None);
-        space.store(term!({a}), term!(z), None);
+        space.store(term!({ a }), term!(z), None);
         assert_eq!(space.lookup(&Term::Int(1)), Some(term!(int)));
         assert_eq!(space.lookup(&Term::Float(1.0)), Some(term!(float)));
         assert_eq!(

@@ -139,15 +139,19 @@ pub fn registry(tx: mpsc::UnboundedSender<Seen>) -> Registry {
 /// Services: nameServer (mod_name_server), echo (mod_echo), test (mod_test), all with
 /// the book's password.
 pub fn services() -> Vec<ServiceConfig> {
-    [("nameServer", "mod_name_server"), ("echo", "mod_echo"), ("test", "mod_test")]
-        .into_iter()
-        .map(|(name, handler)| ServiceConfig {
-            name: name.into(),
-            password_hash: password_hash(),
-            handler: handler.into(),
-            args: Term::atom("notUsed"),
-        })
-        .collect()
+    [
+        ("nameServer", "mod_name_server"),
+        ("echo", "mod_echo"),
+        ("test", "mod_test"),
+    ]
+    .into_iter()
+    .map(|(name, handler)| ServiceConfig {
+        name: name.into(),
+        password_hash: password_hash(),
+        handler: handler.into(),
+        args: Term::atom("notUsed"),
+    })
+    .collect()
 }
 
 impl TestServer {
@@ -192,8 +196,13 @@ impl TestServer {
     pub async fn connect(&self, service: &str) -> lib_chan_client::Channel {
         within(
             "connect",
-            self.options()
-                .connect("127.0.0.1", self.addr.port(), service, PASSWORD, Term::nil()),
+            self.options().connect(
+                "127.0.0.1",
+                self.addr.port(),
+                service,
+                PASSWORD,
+                Term::nil(),
+            ),
         )
         .await
         .expect("connects")
@@ -239,7 +248,9 @@ impl RawPeer {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = within("tcp connect", TcpStream::connect(addr)).await.unwrap();
+        let tcp = within("tcp connect", TcpStream::connect(addr))
+            .await
+            .unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let tls = within("tls", connector.connect(name, tcp)).await.unwrap();
         RawPeer {

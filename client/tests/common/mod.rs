@@ -20,8 +20,8 @@ use lib_chan_client::{ConnectOptions, Term};
 use lib_chan_protocol::message::{HandshakeReply, Hello, Welcome};
 use lib_chan_protocol::{etf, FrameCodec};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -112,14 +112,13 @@ impl Certs {
                 .collect::<Result<_, _>>()
                 .unwrap();
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
-        let config = ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
         Arc::new(config)
     }
 }
@@ -198,7 +197,9 @@ pub fn welcome(max_frame: usize) -> Term {
 /// Encodes `t` as a frame, for raw writes.
 pub fn frame(t: &Term) -> Vec<u8> {
     let mut b = bytes::BytesMut::new();
-    FrameCodec::new(1 << 20, 1 << 20).encode_term(t, &mut b).unwrap();
+    FrameCodec::new(1 << 20, 1 << 20)
+        .encode_term(t, &mut b)
+        .unwrap();
     b.to_vec()
 }
 
