@@ -225,10 +225,24 @@ impl Config {
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
         let tls = match raw.tls {
-            Some(t) => TlsSource::Files {
-                cert: base.join(t.cert.get_ref()),
-                key: base.join(t.key.get_ref()),
-            },
+            Some(t) => {
+                let tls = TlsSource::Files {
+                    cert: base.join(t.cert.get_ref()),
+                    key: base.join(t.key.get_ref()),
+                };
+                // Load the pair now, so an unreadable or mismatched file is reported
+                // against the line that names it.
+                if let Err(e) = crate::tls::server_config(&tls) {
+                    let on_cert = e.concerns(&base.join(t.cert.get_ref()));
+                    let (span, key) = if on_cert {
+                        (t.cert.span(), "tls.cert")
+                    } else {
+                        (t.key.span(), "tls.key")
+                    };
+                    return Err(doc.error(span, key, &e.to_string()));
+                }
+                tls
+            }
             None => {
                 return Err(ConfigError {
                     file: path.to_owned(),
@@ -584,8 +598,26 @@ args = "notUsed"
         )
     }
 
+    /// A directory holding development certificates, made once per test run.
+    fn dir() -> &'static Path {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir =
+                std::env::temp_dir().join(format!("lib_chan_config_test_{}", std::process::id()));
+            crate::devcert::DevCerts::generate(&["localhost".into()])
+                .unwrap()
+                .write(&dir)
+                .unwrap();
+            dir
+        })
+    }
+
+    fn conf_path() -> PathBuf {
+        dir().join("lib_chan.conf")
+    }
+
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("/etc/lib_chan/lib_chan.conf"), &registry())
+        Config::parse(text, &conf_path(), &registry())
     }
 
     #[test]
@@ -595,9 +627,7 @@ args = "notUsed"
         assert_eq!(c.bind.to_string(), "127.0.0.1");
         assert_eq!(c.services[0].args, Term::atom("notUsed"));
         match c.tls {
-            TlsSource::Files { cert, .. } => {
-                assert_eq!(cert, Path::new("/etc/lib_chan/server.pem"))
-            }
+            TlsSource::Files { cert, .. } => assert_eq!(cert, dir().join("server.pem")),
             other => panic!("{other:?}"),
         }
     }
@@ -657,6 +687,25 @@ args = "notUsed"
                 "seconds",
             ),
             (
+                g.replace("\"server.pem\"", "\"missing.pem\""),
+                5,
+                "tls.cert",
+                "cannot read",
+            ),
+            // ca.pem is mode 0644: as a key file it is refused.
+            (
+                g.replace("\"server.key\"", "\"ca.pem\""),
+                6,
+                "tls.key",
+                "chmod 600",
+            ),
+            (
+                g.replace("\"server.key\"", "\"ca.key\""),
+                6,
+                "tls.key",
+                "TLS setup failed",
+            ),
+            (
                 format!("{g}\n[limits]\nmax_frame = 10\n"),
                 15,
                 "limits.max_frame",
@@ -668,7 +717,10 @@ args = "notUsed"
             let shown = e.to_string();
             assert_eq!(e.line, Some(line), "{shown}");
             assert_eq!(e.key.as_deref(), Some(key), "{shown}");
-            assert!(shown.starts_with("/etc/lib_chan/lib_chan.conf:"), "{shown}");
+            assert!(
+                shown.starts_with(&format!("{}:", conf_path().display())),
+                "{shown}"
+            );
             assert!(shown.contains(words), "{shown}");
         }
     }
@@ -683,6 +735,7 @@ args = "notUsed"
         assert_eq!(e.key.as_deref(), Some("service[1].name"));
         assert_eq!(e.line, Some(15));
         let e = Config::load(Path::new("/nonexistent/lib_chan.conf"), &registry()).unwrap_err();
+        assert_eq!(e.line, None);
         assert!(
             e.to_string()
                 .starts_with("/nonexistent/lib_chan.conf: cannot read"),

@@ -251,7 +251,7 @@ async fn connection(
     token: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
-    tracing::debug!(%peer, "connection opened");
+    tracing::info!(%peer, "connection opened");
     let auth = tokio::select! {
         result = handshake(tcp, peer, &state) => result,
         () = token.cancelled() => Err(HandshakeFailure::Gone("server shutting down".into())),

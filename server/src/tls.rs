@@ -46,6 +46,20 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
+impl TlsSetupError {
+    /// True when the error is about the file at `path` (as opposed to the other file
+    /// of the pair, or the pair as a whole).
+    pub fn concerns(&self, path: &Path) -> bool {
+        match self {
+            TlsSetupError::Read { path: p, .. } | TlsSetupError::KeyTooOpen { path: p, .. } => {
+                p == path
+            }
+            TlsSetupError::Pem { what, .. } => Path::new(what) == path,
+            TlsSetupError::Rustls(_) => false,
+        }
+    }
+}
+
 /// The crypto provider lib_chan uses everywhere.
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
