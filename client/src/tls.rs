@@ -295,11 +295,11 @@ fn hint(e: &rustls::Error, name: &str, trust: TrustKind) -> String {
         },
         // The context variant already names what was expected and what the certificate holds.
         rustls::Error::InvalidCertificate(C::NotValidForNameContext { .. }) => {
-            " (dial a name it holds, or set the name to check with --server-name)".to_string()
+            " (dial a name it holds, or set the name to check with --servername)".to_string()
         }
         rustls::Error::InvalidCertificate(C::NotValidForName) => format!(
             " (the certificate is not valid for {name:?}; dial a name it holds, or set the \
-             name to check with --server-name)"
+             name to check with --servername)"
         ),
         rustls::Error::InvalidCertificate(
             C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },

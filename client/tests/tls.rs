@@ -102,7 +102,7 @@ async fn server_name_override_checks_that_name_instead_of_the_address() {
                 ),
                 "{c:?}"
             );
-            assert!(message.contains("--server-name"), "{message}");
+            assert!(message.contains("--servername"), "{message}");
         }
         other => panic!("{other:?}"),
     }

@@ -91,7 +91,19 @@ impl DevCerts {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "lib_chan development CA");
+        // A name of its own, so that a client trusting another development CA is told
+        // UnknownIssuer rather than a confusing BadSignature.
+        let serial: String = ca_key
+            .public_key_raw()
+            .iter()
+            .rev()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        dn.push(
+            DnType::CommonName,
+            format!("lib_chan development CA {serial}"),
+        );
         ca_params.distinguished_name = dn;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
