@@ -93,12 +93,12 @@ fn default_config() -> anyhow::Result<Config> {
             key: paths.key.clone(),
         },
     );
-    config.services.push(ServiceConfig {
-        name: DEFAULT_SERVICE.into(),
-        password_hash: auth::hash_password(password.as_bytes()),
-        handler: "mod_name_server".into(),
-        args: Term::atom("notUsed"),
-    });
+    config.services.push(ServiceConfig::new(
+        DEFAULT_SERVICE,
+        &auth::hash_password(password.as_bytes()),
+        "mod_name_server",
+        Term::atom("notUsed"),
+    ));
     Ok(config)
 }
 

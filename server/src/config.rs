@@ -92,6 +92,33 @@ pub struct ServiceConfig {
     pub handler: String,
     /// `ArgsS`, handed to the handler.
     pub args: Term,
+    /// Handler-specific keys, e.g. `store` for the name server or `allow` for `mod_rpc`.
+    pub options: ServiceOptions,
+}
+
+impl ServiceConfig {
+    /// A service entry with no handler-specific options.
+    pub fn new(name: &str, password_hash: &str, handler: &str, args: Term) -> ServiceConfig {
+        ServiceConfig {
+            name: name.to_owned(),
+            password_hash: password_hash.to_owned(),
+            handler: handler.to_owned(),
+            args,
+            options: ServiceOptions::default(),
+        }
+    }
+}
+
+/// The optional `[[service]]` keys that only some handlers use; a handler's factory
+/// refuses the ones it does not understand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// `store`: where a name server keeps its names, e.g. `memory`, `file:PATH` (a
+    /// relative PATH is made relative to the config file's directory here) or
+    /// `redis://HOST:PORT/DB`.
+    pub store: Option<String>,
+    /// `allow`: the functions `mod_rpc` may run, as `module:function/arity`.
+    pub allow: Vec<String>,
 }
 
 impl fmt::Debug for ServiceConfig {
@@ -256,7 +283,7 @@ impl Config {
         };
         let mut services = Vec::new();
         for (i, s) in raw.service.iter().enumerate() {
-            services.push(s.validate(&doc, i, registry, &services)?);
+            services.push(s.validate(&doc, i, registry, &services, base)?);
         }
         Ok(Config {
             source: path.to_owned(),
@@ -289,6 +316,9 @@ impl Config {
             }
             check_hash_policy(&s.password_hash)
                 .map_err(|e| err(format!("service[{i}].password"), e.to_string()))?;
+            registry
+                .check(s)
+                .map_err(|m| err(format!("service[{i}].handler"), m))?;
             if self.services[..i].iter().any(|o| o.name == s.name) {
                 return Err(err(
                     format!("service[{i}].name"),
@@ -498,6 +528,8 @@ struct RawService {
     password: Spanned<String>,
     handler: Spanned<String>,
     args: Option<Spanned<String>>,
+    store: Option<Spanned<String>>,
+    allow: Option<Spanned<Vec<String>>>,
 }
 
 impl RawService {
@@ -507,6 +539,7 @@ impl RawService {
         i: usize,
         registry: &Registry,
         earlier: &[ServiceConfig],
+        base: &Path,
     ) -> Result<ServiceConfig, ConfigError> {
         let key = |k: &str| format!("service[{i}].{k}");
         let name = self.name.get_ref();
@@ -544,12 +577,33 @@ impl RawService {
             })?,
             None => Term::nil(),
         };
-        Ok(ServiceConfig {
+        let store = self.store.as_ref().map(|s| {
+            let text = s.get_ref();
+            match text.strip_prefix("file:") {
+                Some(p) if Path::new(p).is_relative() => {
+                    format!("file:{}", base.join(p).display())
+                }
+                _ => text.clone(),
+            }
+        });
+        let allow = self
+            .allow
+            .as_ref()
+            .map(|a| a.get_ref().clone())
+            .unwrap_or_default();
+        let config = ServiceConfig {
             name: name.clone(),
             password_hash: hash.clone(),
             handler: handler.clone(),
             args,
-        })
+            options: ServiceOptions { store, allow },
+        };
+        // The handler's check looks at args and options now, so a bad one stops start-up
+        // with this entry's line.
+        if let Err(message) = registry.check(&config) {
+            return Err(doc.error(self.handler.span(), &key("handler"), &message));
+        }
+        Ok(config)
     }
 }
 

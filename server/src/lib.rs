@@ -33,7 +33,7 @@ pub mod registry;
 pub mod server;
 pub mod tls;
 
-pub use config::{Config, ConfigError, Limits, ServiceConfig, TlsSource};
+pub use config::{Config, ConfigError, Limits, ServiceConfig, ServiceOptions, TlsSource};
 pub use handler::{Call, Event, HandlerFuture, MiddleMan, Service, Session};
 pub use middle_man::CloseReason;
 pub use registry::Registry;

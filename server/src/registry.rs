@@ -15,10 +15,20 @@ use crate::handler::Service;
 pub type ServiceFactory =
     Arc<dyn Fn(&ServiceConfig) -> Result<Arc<dyn Service>, String> + Send + Sync>;
 
+/// Checks a `[[service]]` entry's `args` and options without making anything (no files
+/// opened, no connections), so that config validation has no side effects.
+pub type ServiceCheck = Arc<dyn Fn(&ServiceConfig) -> Result<(), String> + Send + Sync>;
+
+#[derive(Clone)]
+struct Handler {
+    factory: ServiceFactory,
+    check: Option<ServiceCheck>,
+}
+
 /// Handler names and their factories.
 #[derive(Clone, Default)]
 pub struct Registry {
-    factories: BTreeMap<String, ServiceFactory>,
+    factories: BTreeMap<String, Handler>,
 }
 
 impl fmt::Debug for Registry {
@@ -39,8 +49,47 @@ impl Registry {
         name: &str,
         factory: impl Fn(&ServiceConfig) -> Result<Arc<dyn Service>, String> + Send + Sync + 'static,
     ) -> &mut Registry {
-        self.factories.insert(name.to_owned(), Arc::new(factory));
+        self.factories.insert(
+            name.to_owned(),
+            Handler {
+                factory: Arc::new(factory),
+                check: None,
+            },
+        );
         self
+    }
+
+    /// Registers `factory` under `name` with `check`, which config validation runs on
+    /// each entry for this handler (reporting its line) before anything is made.
+    pub fn register_checked(
+        &mut self,
+        name: &str,
+        check: impl Fn(&ServiceConfig) -> Result<(), String> + Send + Sync + 'static,
+        factory: impl Fn(&ServiceConfig) -> Result<Arc<dyn Service>, String> + Send + Sync + 'static,
+    ) -> &mut Registry {
+        self.factories.insert(
+            name.to_owned(),
+            Handler {
+                factory: Arc::new(factory),
+                check: Some(Arc::new(check)),
+            },
+        );
+        self
+    }
+
+    /// Runs the handler's check on `config`; Ok when it has none.
+    ///
+    /// # Errors
+    /// The handler is not registered, or its check refused the entry.
+    pub fn check(&self, config: &ServiceConfig) -> Result<(), String> {
+        let handler = self
+            .factories
+            .get(&config.handler)
+            .ok_or_else(|| format!("unknown handler `{}`", config.handler))?;
+        match &handler.check {
+            Some(check) => check(config),
+            None => Ok(()),
+        }
     }
 
     /// True when `name` is registered.
@@ -58,10 +107,10 @@ impl Registry {
     /// # Errors
     /// The handler is not registered, or its factory refused the entry's `args`.
     pub fn make(&self, config: &ServiceConfig) -> Result<Arc<dyn Service>, String> {
-        let factory = self
+        let handler = self
             .factories
             .get(&config.handler)
             .ok_or_else(|| format!("unknown handler `{}`", config.handler))?;
-        factory(config)
+        (handler.factory)(config)
     }
 }

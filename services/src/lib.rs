@@ -9,14 +9,44 @@ pub mod name_server;
 
 use std::sync::Arc;
 
-use lib_chan_server::Registry;
+use lib_chan_server::{Registry, ServiceConfig};
 
 /// A registry holding every built-in handler: `mod_name_server` and `mod_echo`.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
-    r.register("mod_name_server", |_config| {
-        Ok(Arc::new(name_server::NameServer::new()))
-    });
-    r.register("mod_echo", |_config| Ok(Arc::new(echo::Echo)));
+    r.register_checked(
+        "mod_name_server",
+        |config| {
+            no_allow(config)?;
+            match config.options.store.as_deref() {
+                None | Some("memory") => Ok(()),
+                Some(other) => Err(format!("store `{other}` is not supported; use \"memory\"")),
+            }
+        },
+        |_config| Ok(Arc::new(name_server::NameServer::new())),
+    );
+    r.register_checked(
+        "mod_echo",
+        |config| {
+            no_allow(config)?;
+            match &config.options.store {
+                None => Ok(()),
+                Some(_) => Err("mod_echo takes no `store`".into()),
+            }
+        },
+        |_config| Ok(Arc::new(echo::Echo)),
+    );
     r
+}
+
+/// Refuses `allow`, which only `mod_rpc` understands.
+fn no_allow(config: &ServiceConfig) -> Result<(), String> {
+    if config.options.allow.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "handler `{}` takes no `allow` list",
+            config.handler
+        ))
+    }
 }

@@ -145,11 +145,8 @@ pub fn services() -> Vec<ServiceConfig> {
         ("test", "mod_test"),
     ]
     .into_iter()
-    .map(|(name, handler)| ServiceConfig {
-        name: name.into(),
-        password_hash: password_hash(),
-        handler: handler.into(),
-        args: Term::atom("notUsed"),
+    .map(|(name, handler)| {
+        ServiceConfig::new(name, &password_hash(), handler, Term::atom("notUsed"))
     })
     .collect()
 }
