@@ -92,7 +92,6 @@ async fn malformed_first_frames_get_bad_request() {
     let cases: Vec<Vec<u8>> = vec![
         b"GET / HTTP/1.1".to_vec(),
         etf::encode(&term!({hello, world})).unwrap(),
-        etf::encode(&term!({start_service, nameServer, 42, []})).unwrap(),
         vec![131, 103, 0, 0, 0, 0], // a pid tag
     ];
     for payload in cases {

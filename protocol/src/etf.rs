@@ -190,6 +190,50 @@ pub fn encode_into<B: BufMut>(term: &Term, out: &mut B) -> Result<(), EncodeErro
     encode_term(term, out, 0)
 }
 
+/// The number of bytes [`encode`] would write for `term` (version byte included),
+/// without writing them: for accounting queued output.
+pub fn encoded_len(term: &Term) -> usize {
+    1 + term_len(term)
+}
+
+fn term_len(term: &Term) -> usize {
+    match term {
+        Term::Int(i) => {
+            if (0..=255).contains(i) {
+                2
+            } else if i32::try_from(*i).is_ok() {
+                5
+            } else {
+                3 + 8 - (i.unsigned_abs().leading_zeros() / 8) as usize
+            }
+        }
+        Term::Float(_) => 9,
+        Term::Atom(a) => {
+            let n = a.as_str().len();
+            if n <= 0xFF {
+                2 + n
+            } else {
+                3 + n
+            }
+        }
+        Term::Binary(b) => 5 + b.len(),
+        Term::List(items) => {
+            if items.is_empty() {
+                1
+            } else if items.len() <= 0xFFFF && items.iter().all(|t| matches!(t, Term::Int(0..=255))) {
+                3 + items.len()
+            } else {
+                6 + items.iter().map(term_len).sum::<usize>()
+            }
+        }
+        Term::Tuple(items) => {
+            let header = if items.len() <= 0xFF { 2 } else { 5 };
+            header + items.iter().map(term_len).sum::<usize>()
+        }
+        Term::Map(entries) => 5 + entries.iter().map(|(k, v)| term_len(k) + term_len(v)).sum::<usize>(),
+    }
+}
+
 fn len_u32(n: usize) -> Result<u32, EncodeError> {
     u32::try_from(n).map_err(|_| EncodeError::TooLarge)
 }
@@ -693,6 +737,21 @@ mod tests {
             t = Term::list([t]);
         }
         assert_eq!(encode(&t), Err(EncodeError::TooDeep));
+    }
+
+    #[test]
+    fn encoded_len_matches_the_encoding() {
+        for t in [
+            term!({store, joe, "writing a book"}),
+            Term::list((0..300).map(Term::Int)),
+            Term::tuple((0..300).map(|i| Term::Int(i * 1_000_000_007))),
+            Term::map([(term!(k), Term::Float(1.5)), (Term::binary(b"x"), Term::nil())]),
+            Term::atom(&"é".repeat(200)),
+            Term::Int(i64::MIN),
+            Term::Int(-1),
+        ] {
+            assert_eq!(encoded_len(&t), encode(&t).unwrap().len(), "{t}");
+        }
     }
 
     #[test]

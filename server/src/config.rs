@@ -15,6 +15,7 @@ use lib_chan_protocol::{Term, DEFAULT_MAX_FRAME};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::admission::AdmissionPolicy;
 use crate::auth::{check_hash_policy, HashPolicyError};
 use crate::registry::Registry;
 
@@ -160,6 +161,15 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// `shutdown_grace` (seconds, default 5): how long shutdown waits for calls in flight.
     pub shutdown_grace: Duration,
+    /// `outbound_bytes` (default 4 MiB): answers and pushes queued for one connection
+    /// before the middle man stops handing the handler new requests.
+    pub outbound_bytes: usize,
+    /// `tcp_keepalive` (seconds, default 60; 0 = off): TCP keepalive probes find peers
+    /// that vanished without a word (PROTOCOL.md has no server-to-client ping).
+    pub tcp_keepalive: Option<Duration>,
+    /// Who may start a handshake: `unauth_drop_start` (64), `max_unauth` (256),
+    /// `max_unauth_per_source` (8), and the `penalty_*` keys.
+    pub admission: AdmissionPolicy,
 }
 
 impl Default for Limits {
@@ -176,6 +186,9 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(10),
             idle_timeout: None,
             shutdown_grace: Duration::from_secs(5),
+            outbound_bytes: 4 << 20,
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            admission: AdmissionPolicy::default(),
         }
     }
 }
@@ -330,6 +343,22 @@ impl Config {
     }
 }
 
+/// Parses `ADDR` or `ADDR/PREFIX` (e.g. `127.0.0.1`, `2001:db8::/32`).
+fn parse_network(text: &str) -> Result<(IpAddr, u8), String> {
+    let bad = || format!("`{text}` is not an address or ADDRESS/PREFIX network");
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+        None => (text, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| bad())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = prefix.unwrap_or(max);
+    if prefix > max {
+        return Err(bad());
+    }
+    Ok((ip, prefix))
+}
+
 fn unknown_handler(name: &str, registry: &Registry) -> String {
     format!(
         "unknown handler `{name}`; registered handlers: {}",
@@ -417,6 +446,18 @@ struct RawLimits {
     write_timeout: Option<Spanned<f64>>,
     idle_timeout: Option<Spanned<f64>>,
     shutdown_grace: Option<Spanned<f64>>,
+    outbound_bytes: Option<Spanned<i64>>,
+    tcp_keepalive: Option<Spanned<f64>>,
+    unauth_drop_start: Option<Spanned<i64>>,
+    max_unauth: Option<Spanned<i64>>,
+    max_unauth_per_source: Option<Spanned<i64>>,
+    penalty_auth_failed: Option<Spanned<f64>>,
+    penalty_timeout: Option<Spanned<f64>>,
+    penalty_no_attempt: Option<Spanned<f64>>,
+    penalty_threshold: Option<Spanned<f64>>,
+    penalty_max: Option<Spanned<f64>>,
+    penalty_max_sources: Option<Spanned<i64>>,
+    penalty_exempt: Option<Spanned<Vec<String>>>,
 }
 
 impl RawLimits {
@@ -465,6 +506,46 @@ impl RawLimits {
             "limits.shutdown_grace",
             &mut l.shutdown_grace,
         )?;
+        // Durations where 0 means "off" (or "no penalty").
+        let secs_or_zero = |v: &Option<Spanned<f64>>, key: &str, out: &mut Duration| {
+            if let Some(v) = v {
+                let s = *v.get_ref();
+                if !(0.0..=86_400.0).contains(&s) {
+                    return Err(doc.error(v.span(), key, "must be a number of seconds from 0 to 86400"));
+                }
+                *out = Duration::from_secs_f64(s);
+            }
+            Ok(())
+        };
+        let pen = &mut l.admission.penalties;
+        secs_or_zero(&self.penalty_auth_failed, "limits.penalty_auth_failed", &mut pen.auth_failed)?;
+        secs_or_zero(&self.penalty_timeout, "limits.penalty_timeout", &mut pen.timed_out)?;
+        secs_or_zero(&self.penalty_no_attempt, "limits.penalty_no_attempt", &mut pen.no_attempt)?;
+        secs_or_zero(&self.penalty_threshold, "limits.penalty_threshold", &mut pen.threshold)?;
+        secs_or_zero(&self.penalty_max, "limits.penalty_max", &mut pen.max)?;
+        count(&self.penalty_max_sources, "limits.penalty_max_sources", 1, 1 << 24, &mut pen.max_sources)?;
+        if let Some(list) = &self.penalty_exempt {
+            pen.exempt = list
+                .get_ref()
+                .iter()
+                .map(|net| parse_network(net))
+                .collect::<Result<_, _>>()
+                .map_err(|m| doc.error(list.span(), "limits.penalty_exempt", &m))?;
+        }
+        let adm = &mut l.admission;
+        count(&self.unauth_drop_start, "limits.unauth_drop_start", 1, 1 << 20, &mut adm.unauth_drop_start)?;
+        count(&self.max_unauth, "limits.max_unauth", 1, 1 << 20, &mut adm.max_unauth)?;
+        count(&self.max_unauth_per_source, "limits.max_unauth_per_source", 1, 1 << 20, &mut adm.max_unauth_per_source)?;
+        if adm.unauth_drop_start > adm.max_unauth {
+            let span = self.unauth_drop_start.as_ref().or(self.max_unauth.as_ref()).map(|v| v.span()).unwrap_or(0..0);
+            return Err(doc.error(span, "limits.unauth_drop_start", "must not exceed limits.max_unauth"));
+        }
+        count(&self.outbound_bytes, "limits.outbound_bytes", 4096, 1 << 30, &mut l.outbound_bytes)?;
+        if let Some(v) = &self.tcp_keepalive {
+            let mut d = Duration::ZERO;
+            secs_or_zero(&self.tcp_keepalive, "limits.tcp_keepalive", &mut d)?;
+            l.tcp_keepalive = (*v.get_ref() > 0.0).then_some(d);
+        }
         if let Some(v) = &self.idle_timeout {
             let s = *v.get_ref();
             l.idle_timeout = if s == 0.0 {

@@ -47,7 +47,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use lib_chan_protocol::message::Ref;
@@ -148,9 +148,12 @@ pub(crate) struct MiddleManShared {
     pub(crate) id: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) service: String,
-    pub(crate) out: mpsc::UnboundedSender<Outbound>,
+    pub(crate) out: mpsc::UnboundedSender<(Outbound, usize)>,
     /// One permit per push allowed to wait in the outbound queue.
     pub(crate) push_permits: Arc<Semaphore>,
+    /// Encoded bytes queued and not yet written; the middle man stops handing the
+    /// handler new requests while this is over the limit.
+    pub(crate) queued_bytes: AtomicUsize,
     pub(crate) closed: AtomicBool,
 }
 
@@ -172,7 +175,7 @@ impl MiddleMan {
         peer: SocketAddr,
         service: String,
         queue: usize,
-    ) -> (MiddleMan, mpsc::UnboundedReceiver<Outbound>) {
+    ) -> (MiddleMan, mpsc::UnboundedReceiver<(Outbound, usize)>) {
         let (out, rx) = mpsc::unbounded_channel();
         let mm = MiddleMan {
             inner: Arc::new(MiddleManShared {
@@ -181,6 +184,7 @@ impl MiddleMan {
                 service,
                 out,
                 push_permits: Arc::new(Semaphore::new(queue)),
+                queued_bytes: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
             }),
         };
@@ -244,7 +248,19 @@ impl MiddleMan {
         if self.is_closed() {
             return Err(ChannelClosed);
         }
-        self.inner.out.send(o).map_err(|_| ChannelClosed)
+        let bytes = match &o {
+            Outbound::Push(t, _) | Outbound::Reply(_, t) | Outbound::CallError(_, t) => {
+                lib_chan_protocol::etf::encoded_len(t)
+            }
+            Outbound::Close => 0,
+        };
+        self.inner.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.inner.out.send((o, bytes)).map_err(|_| ChannelClosed)
+    }
+
+    /// Encoded bytes queued for the client and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.queued_bytes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn mark_closed(&self) {

@@ -19,8 +19,10 @@ use tokio::time::{timeout_at, Instant};
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::FramedRead;
 
+use crate::admission::Outcome;
 use crate::auth::CheckOutcome;
 use crate::middle_man::linger_close;
+use crate::stats::protocol_error;
 use crate::server::{ServerState, ServiceEntry};
 
 /// Pre-handshake pings answered on one connection at most.
@@ -54,6 +56,16 @@ impl HandshakeFailure {
             HandshakeFailure::Tls(_) => "tls_failed".into(),
             HandshakeFailure::Refused(r) => r.to_string(),
             HandshakeFailure::Gone(_) => "gone_before_auth".into(),
+        }
+    }
+
+    /// What this failure costs the source in penalties.
+    pub(crate) fn outcome(&self) -> Outcome {
+        match self {
+            HandshakeFailure::Refused(ErrorReason::AuthFailed) => Outcome::AuthFailed,
+            HandshakeFailure::Refused(ErrorReason::Timeout) => Outcome::TimedOut,
+            HandshakeFailure::Refused(ErrorReason::Busy) => Outcome::Clean,
+            _ => Outcome::NoAttempt,
         }
     }
 
@@ -124,13 +136,26 @@ where
             }
             Some(Err(e)) => return Err(HandshakeFailure::Gone(e.to_string())),
         };
-        let hello = etf::decode(&payload)
-            .map_err(|e| e.to_string())
-            .and_then(|t| Hello::from_term(&t).map_err(|e| e.to_string()));
-        let hello = match hello {
+        // Nothing of the frame itself reaches the log: it may hold a password.
+        let term = match etf::decode(&payload) {
+            Ok(t) => t,
+            Err(e) => {
+                protocol_error!(%peer, error = %e, "bad first frame");
+                return Err(HandshakeFailure::Refused(ErrorReason::BadRequest));
+            }
+        };
+        let hello = match Hello::from_term(&term) {
             Ok(h) => h,
-            Err(why) => {
-                tracing::info!(%peer, error = %why, "bad first frame");
+            Err(_) if looks_like_start_service(&term) => {
+                // A start_service whose service or password has the wrong type is
+                // answered exactly like a wrong password, after the same work, so that
+                // the reply tells nothing about what the server checks first.
+                let _ = state.checker.check(None, Vec::new()).await;
+                protocol_error!(%peer, "start_service with a malformed service or password");
+                return Err(HandshakeFailure::Refused(ErrorReason::AuthFailed));
+            }
+            Err(_) => {
+                protocol_error!(%peer, "first frame is neither start_service nor ping");
                 return Err(HandshakeFailure::Refused(ErrorReason::BadRequest));
             }
         };
@@ -172,13 +197,13 @@ where
                         return Ok((entry, args));
                     }
                     (CheckOutcome::Busy, _) => {
-                        tracing::info!(%peer, "password checks saturated: busy");
+                        protocol_error!(%peer, "password checks saturated: busy");
                         return Err(HandshakeFailure::Refused(ErrorReason::Busy));
                     }
                     _ => {
                         // The service name is the client's text: log a bounded snippet.
                         let shown: String = service.chars().take(64).collect();
-                        tracing::info!(%peer, service = %shown.escape_debug(), "authentication failed");
+                        protocol_error!(%peer, service = %shown.escape_debug(), "authentication failed");
                         return Err(HandshakeFailure::Refused(ErrorReason::AuthFailed));
                     }
                 }
@@ -216,4 +241,9 @@ where
         let _ = tokio::time::timeout(crate::middle_man::LINGER, send(&mut reader, &reply)).await;
         linger_close(reader.into_inner()).await;
     }
+}
+
+/// A 4-tuple tagged `start_service`, whatever its fields hold.
+fn looks_like_start_service(t: &Term) -> bool {
+    matches!(t.as_tuple(), Some([tag, _, _, _]) if tag.is_atom("start_service"))
 }

@@ -5,6 +5,8 @@
 //! - [`config`]: `lib_chan.conf`, loaded and validated (file, line and key in errors).
 //! - [`tls`]: the rustls server configuration from the certificate and key.
 //! - [`devcert`]: development certificates (a CA and a server certificate).
+//! - [`admission`]: who may start a handshake: caps, random early drop, penalties.
+//! - [`stats`]: close reasons counted, protocol-error logs rate-limited.
 //! - [`auth`]: argon2id password hashes, their policy, bounded verification.
 //! - [`registry`]: handler names to the code that makes services.
 //! - [`handler`]: the API service authors write against ([`Service`], [`Session`], ...).
@@ -23,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod devcert;
@@ -31,6 +34,7 @@ mod handshake;
 mod middle_man;
 pub mod registry;
 pub mod server;
+pub mod stats;
 pub mod tls;
 
 pub use config::{Config, ConfigError, Limits, ServiceConfig, ServiceOptions, TlsSource};

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::handler::{Call, Event, MiddleMan, Outbound, Service, Session};
+use crate::stats::protocol_error;
 
 /// Events queued for the handler before the middle man stops reading the socket.
 const EVENT_QUEUE: usize = 64;
@@ -113,7 +114,7 @@ struct Connection<S> {
     /// Frames encoded and not yet written; written and flushed once per batch.
     write_buf: BytesMut,
     middle_man: MiddleMan,
-    out_rx: mpsc::UnboundedReceiver<Outbound>,
+    out_rx: mpsc::UnboundedReceiver<(Outbound, usize)>,
     /// Calls handed to the handler and not yet answered.
     in_flight: HashSet<Ref>,
     limits: Arc<Limits>,
@@ -170,7 +171,11 @@ where
                     };
                     return Ended { reason, handler: None };
                 }
-                permit = events_tx.reserve(), if pending.is_some() => {
+                // Hand over the next request only while the answers already queued
+                // are within the byte budget: a client that pipelines calls and never
+                // reads cannot make the server hold more than about that much.
+                permit = events_tx.reserve(), if pending.is_some()
+                    && self.middle_man.queued_bytes() <= self.limits.outbound_bytes => {
                     // An error means the handler dropped its session: it is ending, and
                     // the handler branch will see it.
                     if let (Ok(permit), Some(event)) = (permit, pending.take()) {
@@ -220,18 +225,20 @@ where
             Some(Err(e)) => return Err(CloseReason::ClientGone(e.to_string())),
         };
         let term = etf::decode(&payload).map_err(|e| {
-            tracing::info!(peer = %self.middle_man.peer(), error = %e, "bad term from client");
+            protocol_error!(peer = %self.middle_man.peer(), error = %e, "bad term from client");
             CloseReason::Protocol(ErrorReason::BadTerm)
         })?;
         let message = ClientMessage::from_term(&term).map_err(|e| {
-            tracing::info!(peer = %self.middle_man.peer(), error = %e, "bad message from client");
+            // After authentication a short escaped snippet may be shown (MessageError
+            // cuts it to about 80 characters).
+            protocol_error!(peer = %self.middle_man.peer(), error = %e.to_string().escape_debug(), "bad message from client");
             CloseReason::Protocol(ErrorReason::BadMessage)
         })?;
         match message {
             ClientMessage::Send(x) => Ok(Some(Event::Send(x))),
             ClientMessage::Call { id, body } => {
                 if self.in_flight.contains(&id) {
-                    tracing::info!(peer = %self.middle_man.peer(), id, "call reuses a ref still in flight");
+                    protocol_error!(peer = %self.middle_man.peer(), id, "call reuses a ref still in flight");
                     return Err(CloseReason::Protocol(ErrorReason::BadMessage));
                 }
                 if self.in_flight.len() >= self.limits.max_calls_in_flight {
@@ -281,11 +288,15 @@ where
 
     /// Writes `first` and every other outbound item already queued, with one flush.
     /// Returns true when the handler asked to close (the `close` frame is then written).
-    async fn write_outbound(&mut self, first: Outbound) -> Result<bool, WriteFailed> {
+    async fn write_outbound(&mut self, first: (Outbound, usize)) -> Result<bool, WriteFailed> {
         let mut item = Some(first);
         let mut closing = false;
         let mut count = 0;
-        while let Some(o) = item.take() {
+        while let Some((o, bytes)) = item.take() {
+            self.middle_man
+                .inner
+                .queued_bytes
+                .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
             match o {
                 Outbound::Push(y, _permit) => self.encode(ServerMessage::Send(y)),
                 Outbound::Reply(id, body) => {
@@ -366,7 +377,7 @@ where
         );
         if client_reachable && !matches!(reason, CloseReason::HandlerClosed) {
             while let Ok(o) = self.out_rx.try_recv() {
-                if matches!(o, Outbound::Close) {
+                if matches!(o.0, Outbound::Close) {
                     break;
                 }
                 if self.write_outbound(o).await.is_err() {

@@ -23,12 +23,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, Outcome, Ticket};
 use crate::auth::PasswordChecker;
 use crate::config::{Config, ConfigError, Limits, ServiceConfig};
 use crate::handler::Service;
 use crate::handshake::{handshake, HandshakeFailure};
 use crate::middle_man::{self, Setup};
 use crate::registry::Registry;
+use crate::stats::{protocol_error, Stats, StatsSnapshot};
 use crate::tls::{self, TlsSetupError};
 
 /// One configured service, ready to start handlers.
@@ -43,6 +45,8 @@ pub(crate) struct ServerState {
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) services: HashMap<String, Arc<ServiceEntry>>,
     pub(crate) checker: PasswordChecker,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) stats: Arc<Stats>,
 }
 
 /// The server could not start.
@@ -61,6 +65,16 @@ pub enum StartError {
         name: String,
         /// Why.
         message: String,
+    },
+    /// `max_connections` does not fit the process's open-file limit.
+    #[error("limits.max_connections = {max_connections} needs about {needed} file descriptors, but the open-file limit is {limit}: raise it (ulimit -n, or LimitNOFILE= in the systemd unit) or lower max_connections")]
+    FdLimit {
+        /// The configured cap.
+        max_connections: usize,
+        /// Descriptors it needs with the margin.
+        needed: u64,
+        /// The soft limit.
+        limit: u64,
     },
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {error}")]
@@ -94,6 +108,7 @@ impl Server {
     /// [`StartError`] saying what is wrong; nothing is left running.
     pub async fn bind(config: Config, registry: &Registry) -> Result<Server, StartError> {
         config.validate(registry)?;
+        check_fd_limit(config.limits.max_connections)?;
         let tls_config = tls::server_config(&config.tls)?;
         let mut services = HashMap::new();
         for sc in &config.services {
@@ -122,12 +137,15 @@ impl Server {
         })?;
         let limits = config.limits;
         let checker = PasswordChecker::new(limits.max_password_checks, limits.password_check_queue);
+        let admission = Arc::new(Admission::new(limits.admission.clone()));
         Ok(Server {
             state: Arc::new(ServerState {
                 limits: Arc::new(limits),
                 acceptor: TlsAcceptor::from(tls_config),
                 services,
                 checker,
+                admission,
+                stats: Arc::new(Stats::default()),
             }),
             listener,
             local_addr,
@@ -137,6 +155,11 @@ impl Server {
     /// The address the server listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The server's counters (shared: they keep counting while it runs).
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.state.stats)
     }
 
     /// Serves until `shutdown` resolves, then shuts down gracefully and returns.
@@ -155,13 +178,22 @@ impl Server {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         backoff = Duration::from_millis(10);
+                        state.stats.accepted();
                         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                            tracing::warn!(%peer, "connection limit reached; refusing");
-                            drop(tcp);
+                            state.stats.count_close("refused_max_connections");
+                            protocol_error!(%peer, "connection limit reached; refusing");
                             continue;
                         };
-                        let _ = tcp.set_nodelay(true);
-                        tracker.spawn(connection(tcp, peer, Arc::clone(&state), token.child_token(), permit));
+                        let ticket = match state.admission.admit(peer.ip()) {
+                            Ok(ticket) => ticket,
+                            Err(refusal) => {
+                                state.stats.count_close(refusal.code());
+                                protocol_error!(%peer, reason = refusal.code(), "refused at accept");
+                                continue;
+                            }
+                        };
+                        configure_socket(&tcp, state.limits.tcp_keepalive);
+                        tracker.spawn(connection(tcp, peer, Arc::clone(&state), token.child_token(), permit, ticket));
                     }
                     Err(e) if is_per_connection(&e) => {}
                     Err(e) => {
@@ -191,12 +223,14 @@ impl Server {
     pub fn spawn(self) -> ServerHandle {
         let token = CancellationToken::new();
         let local_addr = self.local_addr;
+        let stats = self.stats();
         let stop = token.clone();
         let task = tokio::spawn(async move { self.run(stop.cancelled_owned()).await });
         ServerHandle {
             local_addr,
             token,
             task: Some(task),
+            stats,
         }
     }
 }
@@ -207,12 +241,18 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     token: CancellationToken,
     task: Option<JoinHandle<()>>,
+    stats: Arc<Stats>,
 }
 
 impl ServerHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// Starts a graceful shutdown without waiting for it.
@@ -243,6 +283,48 @@ fn is_per_connection(e: &std::io::Error) -> bool {
     )
 }
 
+/// Sets TCP_NODELAY (frames are whole messages: never wait to coalesce) and keepalive.
+fn configure_socket(tcp: &TcpStream, keepalive: Option<Duration>) {
+    let _ = tcp.set_nodelay(true);
+    if let Some(idle) = keepalive {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3);
+        let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka);
+    }
+}
+
+/// Descriptors kept free beyond one per connection (listener, files, logs, the runtime).
+const FD_MARGIN: u64 = 64;
+
+/// Refuses a `max_connections` the open-file limit cannot hold.
+fn check_fd_limit(max_connections: usize) -> Result<(), StartError> {
+    let Some(limit) = open_file_limit() else {
+        return Ok(());
+    };
+    let needed = max_connections as u64 + FD_MARGIN;
+    if needed > limit {
+        return Err(StartError::FdLimit {
+            max_connections,
+            needed,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// The soft open-file limit, read from /proc (no unsafe code needed).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?;
+    if soft == "unlimited" {
+        return Some(u64::MAX);
+    }
+    soft.parse().ok()
+}
+
 /// One connection from accept to close.
 async fn connection(
     tcp: TcpStream,
@@ -250,19 +332,27 @@ async fn connection(
     state: Arc<ServerState>,
     token: CancellationToken,
     _permit: OwnedSemaphorePermit,
+    ticket: Ticket,
 ) {
-    tracing::info!(%peer, "connection opened");
+    let _open = state.stats.opened();
+    protocol_error!(%peer, "connection opened");
     let auth = tokio::select! {
         result = handshake(tcp, peer, &state) => result,
         () = token.cancelled() => Err(HandshakeFailure::Gone("server shutting down".into())),
     };
     let auth = match auth {
-        Ok(auth) => auth,
+        Ok(auth) => {
+            ticket.finish(Outcome::Clean);
+            auth
+        }
         Err(failure) => {
-            tracing::info!(%peer, reason = %failure.code(), detail = failure.detail(), "closed before authentication");
+            ticket.finish(failure.outcome());
+            state.stats.count_close(&failure.code());
+            protocol_error!(%peer, reason = %failure.code(), detail = failure.detail(), "closed before authentication");
             return;
         }
     };
+    let _authenticated = state.stats.authenticated();
     let service_name = auth.service.config.name.clone();
     let setup = Setup {
         service: Arc::clone(&auth.service.service),
@@ -274,5 +364,24 @@ async fn connection(
         shutdown: token,
     };
     let reason = middle_man::run(auth.reader, setup).await;
+    state.stats.count_close(&reason.code());
     tracing::info!(%peer, service = %service_name, reason = %reason.code(), "connection closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_read_and_checked() {
+        let limit = open_file_limit().expect("Linux has /proc/self/limits");
+        assert!(limit >= 16);
+        if limit < u64::MAX / 2 {
+            assert!(matches!(
+                check_fd_limit(limit as usize),
+                Err(StartError::FdLimit { .. })
+            ));
+        }
+        assert!(check_fd_limit(1).is_ok());
+    }
 }
