@@ -111,11 +111,15 @@ impl Default for PenaltyPolicy {
 pub fn in_network(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
             u32::from(a) & mask == u32::from(b) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
             u128::from(a) & mask == u128::from(b) & mask
         }
         _ => false,
@@ -271,12 +275,20 @@ impl Admission {
             // Bounded table: forget expired entries, then the one nearest expiry.
             t.penalties.retain(|_, pen| pen.expires > now);
             if t.penalties.len() >= p.max_sources {
-                if let Some(victim) = t.penalties.iter().min_by_key(|(_, pen)| pen.expires).map(|(s, _)| *s) {
+                if let Some(victim) = t
+                    .penalties
+                    .iter()
+                    .min_by_key(|(_, pen)| pen.expires)
+                    .map(|(s, _)| *s)
+                {
                     t.penalties.remove(&victim);
                 }
             }
         }
-        let entry = t.penalties.entry(source).or_insert(Penalty { expires: now });
+        let entry = t
+            .penalties
+            .entry(source)
+            .or_insert(Penalty { expires: now });
         let base = entry.expires.max(now);
         entry.expires = (base + add).min(now + p.max);
     }
@@ -321,9 +333,18 @@ mod tests {
 
     #[test]
     fn sources_group_ipv6_by_64_and_map_v4() {
-        assert_eq!(Source::of(ip("2001:db8::1")), Source::of(ip("2001:db8::ffff:1")));
-        assert_ne!(Source::of(ip("2001:db8::1")), Source::of(ip("2001:db8:0:1::1")));
-        assert_eq!(Source::of(ip("::ffff:127.0.0.2")), Source::of(ip("127.0.0.2")));
+        assert_eq!(
+            Source::of(ip("2001:db8::1")),
+            Source::of(ip("2001:db8::ffff:1"))
+        );
+        assert_ne!(
+            Source::of(ip("2001:db8::1")),
+            Source::of(ip("2001:db8:0:1::1"))
+        );
+        assert_eq!(
+            Source::of(ip("::ffff:127.0.0.2")),
+            Source::of(ip("127.0.0.2"))
+        );
         assert_ne!(Source::of(ip("127.0.0.1")), Source::of(ip("127.0.0.2")));
     }
 
@@ -337,8 +358,13 @@ mod tests {
         }));
         let t: Vec<_> = (0..3).map(|_| a.admit(ip("127.0.0.2")).unwrap()).collect();
         assert_eq!(a.admit(ip("127.0.0.2")).unwrap_err(), Refusal::PerSource);
-        let others: Vec<_> = (3..10).map(|i| a.admit(ip(&format!("127.0.1.{i}"))).unwrap()).collect();
-        assert_eq!(a.admit(ip("127.0.0.9")).unwrap_err(), Refusal::Unauthenticated);
+        let others: Vec<_> = (3..10)
+            .map(|i| a.admit(ip(&format!("127.0.1.{i}"))).unwrap())
+            .collect();
+        assert_eq!(
+            a.admit(ip("127.0.0.9")).unwrap_err(),
+            Refusal::Unauthenticated
+        );
         drop(t);
         assert_eq!(a.unauthenticated(), 7);
         assert!(a.admit(ip("127.0.0.2")).is_ok());
@@ -389,13 +415,17 @@ mod tests {
         assert!(a.penalty(attacker) > Duration::from_secs(19));
         // The exempt network (127.0.0.0/31 holds .0 and .1) never collects any.
         for _ in 0..10 {
-            a.admit(ip("127.0.0.1")).unwrap().finish(Outcome::AuthFailed);
+            a.admit(ip("127.0.0.1"))
+                .unwrap()
+                .finish(Outcome::AuthFailed);
         }
         assert!(a.admit(ip("127.0.0.1")).is_ok());
         // Authentication adds nothing; the cap holds.
         let b = Arc::new(Admission::new(AdmissionPolicy::default()));
         for _ in 0..200 {
-            drop(b.admit(ip("10.9.9.9")).map(|t| t.finish(Outcome::TimedOut)));
+            if let Ok(t) = b.admit(ip("10.9.9.9")) {
+                t.finish(Outcome::TimedOut);
+            }
         }
         assert!(b.penalty(ip("10.9.9.9")) <= Duration::from_secs(600));
     }
@@ -410,7 +440,9 @@ mod tests {
             ..AdmissionPolicy::default()
         }));
         for i in 0..50 {
-            a.admit(ip(&format!("192.0.2.{i}"))).unwrap().finish(Outcome::AuthFailed);
+            a.admit(ip(&format!("192.0.2.{i}")))
+                .unwrap()
+                .finish(Outcome::AuthFailed);
         }
         assert!(a.lock().penalties.len() <= 4);
     }

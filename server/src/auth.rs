@@ -2,13 +2,13 @@
 //!
 //! The config stores only argon2id PHC strings. Verification costs tens of milliseconds
 //! of CPU and memory in the megabytes, so it never runs on the async worker threads: a
-//! [`PasswordChecker`] runs it on the blocking pool, at most `max_password_checks` at
-//! once, with a bounded queue behind; past the queue the client is told `busy`. An
+//! [`PasswordChecker`] runs it on `max_password_checks` dedicated threads, with a bounded
+//! queue behind; past the queue the client is told `busy`. An
 //! unknown service runs a dummy verification with the same parameters, so a client
 //! cannot tell it from a wrong password by the reply or by the time it takes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -92,6 +92,54 @@ pub fn verify_password(phc: &str, password: &[u8]) -> bool {
     }
 }
 
+thread_local! {
+    /// The argon2 working memory of this thread, kept between verifications: allocating
+    /// 19 MiB or more per check would churn the allocator and grow its arenas.
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// As [`verify_password`], reusing this thread's working memory. Only for hashes that
+/// passed [`check_hash_policy`] (which bounds the memory to 64 MiB); others fall back.
+fn verify_password_reusing_memory(phc: &str, password: &[u8]) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(params), Some(expected), Some(salt)) = (Params::try_from(&hash), hash.hash, hash.salt)
+    else {
+        return false;
+    };
+    if hash.algorithm != argon2::ARGON2ID_IDENT || params.m_cost() > 65_536 {
+        return verify_password(phc, password);
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let version = hash
+        .version
+        .and_then(|v| Version::try_from(v).ok())
+        .unwrap_or(Version::V0x13);
+    let block_count = params.block_count();
+    let argon = Argon2::new(Algorithm::Argon2id, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let computed = BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        if blocks.len() < block_count {
+            blocks.resize(block_count, argon2::Block::default());
+        }
+        argon
+            .hash_password_into_with_memory(password, salt, &mut out, &mut blocks[..block_count])
+            .is_ok()
+    });
+    // Constant-time comparison: the time must not tell how many bytes matched.
+    computed
+        && out
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 /// The answer of a bounded password check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckOutcome {
@@ -103,14 +151,22 @@ pub enum CheckOutcome {
     Busy,
 }
 
-/// Runs argon2 verifications on the blocking pool with a bound on how many run and wait.
+/// Runs argon2 verifications on a few dedicated threads with a bound on how many wait.
+///
+/// Dedicated threads rather than tokio's blocking pool: each verification allocates
+/// the hash's memory cost (19 MiB by default), and the allocator keeps such blocks in a
+/// per-thread arena; on a pool of hundreds of threads that is hundreds of megabytes.
 #[derive(Debug, Clone)]
 pub struct PasswordChecker {
     inner: Arc<CheckerInner>,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
 #[derive(Debug)]
 struct CheckerInner {
+    /// Work for the verification threads; they end when this is dropped.
+    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
     /// One permit per verification allowed to run at once.
     running: Semaphore,
     /// Checks running or waiting; past `running + queue` new ones are refused.
@@ -124,8 +180,29 @@ struct CheckerInner {
 impl PasswordChecker {
     /// A checker running at most `concurrent` verifications with `queue` more waiting.
     pub fn new(concurrent: usize, queue: usize) -> PasswordChecker {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..concurrent.max(1) {
+            let rx = Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("lib_chan-argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password-check thread");
+            }
+        }
         PasswordChecker {
             inner: Arc::new(CheckerInner {
+                jobs: Mutex::new(jobs),
                 running: Semaphore::new(concurrent.max(1)),
                 admitted: AtomicUsize::new(0),
                 max_admitted: concurrent.max(1) + queue,
@@ -148,9 +225,16 @@ impl PasswordChecker {
         };
         let known = phc.is_some();
         let hash = phc.unwrap_or(&inner.dummy_hash).to_owned();
-        let matched = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-            .await
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(verify_password_reusing_memory(&hash, &password));
+        });
+        let sent = inner
+            .jobs
+            .lock()
+            .map(|jobs| jobs.send(job).is_ok())
             .unwrap_or(false);
+        let matched = sent && rx.await.unwrap_or(false);
         if matched && known {
             CheckOutcome::Valid
         } else {
@@ -179,6 +263,13 @@ mod tests {
         assert_eq!(check_hash_policy(&h), Ok(()));
         assert!(verify_password(&h, b"ABXy45"));
         assert!(!verify_password(&h, b"ABXy46"));
+        // The memory-reusing path agrees, also across calls on one thread.
+        for _ in 0..2 {
+            assert!(verify_password_reusing_memory(&h, b"ABXy45"));
+            assert!(!verify_password_reusing_memory(&h, b"ABXy46"));
+            assert!(!verify_password_reusing_memory(&h, b""));
+        }
+        assert!(!verify_password_reusing_memory("garbage", b"ABXy45"));
     }
 
     #[test]

@@ -143,7 +143,8 @@ pub struct Limits {
     pub max_frame: usize,
     /// `max_connections` (default 4096): open connections in all.
     pub max_connections: usize,
-    /// `max_password_checks` (default: one per core): argon2 verifications at once.
+    /// `max_password_checks` (default: one per core but one, at least 1): argon2
+    /// verifications at once.
     pub max_password_checks: usize,
     /// `password_check_queue` (default 64): verifications waiting for a slot; past it
     /// the client gets `{error, busy}`.
@@ -179,7 +180,10 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             max_frame: DEFAULT_MAX_FRAME,
             max_connections: 4096,
-            max_password_checks: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // One core is left to serve authenticated clients while a password flood
+            // keeps the others busy.
+            max_password_checks: std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             password_check_queue: 64,
             max_calls_in_flight: 1024,
             outbound_queue: 1024,
@@ -511,19 +515,45 @@ impl RawLimits {
             if let Some(v) = v {
                 let s = *v.get_ref();
                 if !(0.0..=86_400.0).contains(&s) {
-                    return Err(doc.error(v.span(), key, "must be a number of seconds from 0 to 86400"));
+                    return Err(doc.error(
+                        v.span(),
+                        key,
+                        "must be a number of seconds from 0 to 86400",
+                    ));
                 }
                 *out = Duration::from_secs_f64(s);
             }
             Ok(())
         };
         let pen = &mut l.admission.penalties;
-        secs_or_zero(&self.penalty_auth_failed, "limits.penalty_auth_failed", &mut pen.auth_failed)?;
-        secs_or_zero(&self.penalty_timeout, "limits.penalty_timeout", &mut pen.timed_out)?;
-        secs_or_zero(&self.penalty_no_attempt, "limits.penalty_no_attempt", &mut pen.no_attempt)?;
-        secs_or_zero(&self.penalty_threshold, "limits.penalty_threshold", &mut pen.threshold)?;
+        secs_or_zero(
+            &self.penalty_auth_failed,
+            "limits.penalty_auth_failed",
+            &mut pen.auth_failed,
+        )?;
+        secs_or_zero(
+            &self.penalty_timeout,
+            "limits.penalty_timeout",
+            &mut pen.timed_out,
+        )?;
+        secs_or_zero(
+            &self.penalty_no_attempt,
+            "limits.penalty_no_attempt",
+            &mut pen.no_attempt,
+        )?;
+        secs_or_zero(
+            &self.penalty_threshold,
+            "limits.penalty_threshold",
+            &mut pen.threshold,
+        )?;
         secs_or_zero(&self.penalty_max, "limits.penalty_max", &mut pen.max)?;
-        count(&self.penalty_max_sources, "limits.penalty_max_sources", 1, 1 << 24, &mut pen.max_sources)?;
+        count(
+            &self.penalty_max_sources,
+            "limits.penalty_max_sources",
+            1,
+            1 << 24,
+            &mut pen.max_sources,
+        )?;
         if let Some(list) = &self.penalty_exempt {
             pen.exempt = list
                 .get_ref()
@@ -533,14 +563,47 @@ impl RawLimits {
                 .map_err(|m| doc.error(list.span(), "limits.penalty_exempt", &m))?;
         }
         let adm = &mut l.admission;
-        count(&self.unauth_drop_start, "limits.unauth_drop_start", 1, 1 << 20, &mut adm.unauth_drop_start)?;
-        count(&self.max_unauth, "limits.max_unauth", 1, 1 << 20, &mut adm.max_unauth)?;
-        count(&self.max_unauth_per_source, "limits.max_unauth_per_source", 1, 1 << 20, &mut adm.max_unauth_per_source)?;
+        count(
+            &self.unauth_drop_start,
+            "limits.unauth_drop_start",
+            1,
+            1 << 20,
+            &mut adm.unauth_drop_start,
+        )?;
+        count(
+            &self.max_unauth,
+            "limits.max_unauth",
+            1,
+            1 << 20,
+            &mut adm.max_unauth,
+        )?;
+        count(
+            &self.max_unauth_per_source,
+            "limits.max_unauth_per_source",
+            1,
+            1 << 20,
+            &mut adm.max_unauth_per_source,
+        )?;
         if adm.unauth_drop_start > adm.max_unauth {
-            let span = self.unauth_drop_start.as_ref().or(self.max_unauth.as_ref()).map(|v| v.span()).unwrap_or(0..0);
-            return Err(doc.error(span, "limits.unauth_drop_start", "must not exceed limits.max_unauth"));
+            let span = self
+                .unauth_drop_start
+                .as_ref()
+                .or(self.max_unauth.as_ref())
+                .map(|v| v.span())
+                .unwrap_or(0..0);
+            return Err(doc.error(
+                span,
+                "limits.unauth_drop_start",
+                "must not exceed limits.max_unauth",
+            ));
         }
-        count(&self.outbound_bytes, "limits.outbound_bytes", 4096, 1 << 30, &mut l.outbound_bytes)?;
+        count(
+            &self.outbound_bytes,
+            "limits.outbound_bytes",
+            4096,
+            1 << 30,
+            &mut l.outbound_bytes,
+        )?;
         if let Some(v) = &self.tcp_keepalive {
             let mut d = Duration::ZERO;
             secs_or_zero(&self.tcp_keepalive, "limits.tcp_keepalive", &mut d)?;

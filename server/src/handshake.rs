@@ -22,8 +22,8 @@ use tokio_util::codec::FramedRead;
 use crate::admission::Outcome;
 use crate::auth::CheckOutcome;
 use crate::middle_man::linger_close;
-use crate::stats::protocol_error;
 use crate::server::{ServerState, ServiceEntry};
+use crate::stats::protocol_error;
 
 /// Pre-handshake pings answered on one connection at most.
 const MAX_PINGS: usize = 16;

@@ -13,6 +13,7 @@
 //! - `handshake`: TLS and `start_service`, under deadlines.
 //! - `middle_man`: one task per connection between the socket and the handler.
 //! - [`server`]: binding, the accept loop and graceful shutdown.
+//! - [`signal`]: [`shutdown_signal`], SIGINT or SIGTERM, for [`Server::run`].
 //!
 //! # Example
 //! ```no_run
@@ -21,9 +22,18 @@
 //! let config = Config::load("lib_chan.conf".as_ref(), &registry)?;
 //! let server = Server::bind(config, &registry).await?;
 //! println!("listening on {}", server.local_addr());
-//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! server.run(lib_chan_server::shutdown_signal()).await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Embedding (the book's `lib_chan:start_server(Conf)`)
+//!
+//! A program can build the whole [`Config`] in code ([`Config::new`] with
+//! [`TlsSource::Pem`], [`ServiceConfig::new`] with a hash from [`auth::hash_password`]),
+//! register its own [`Service`] types in a [`Registry`], then [`Server::bind`] (port 0
+//! picks a free port; [`Server::local_addr`] says which) and [`Server::spawn`] it on its
+//! own tokio runtime. The [`ServerHandle`] gives the address and shuts the server down.
+//! `examples/embedded` in the repository is a whole program doing this.
 
 pub mod admission;
 pub mod auth;
@@ -34,6 +44,7 @@ mod handshake;
 mod middle_man;
 pub mod registry;
 pub mod server;
+pub mod signal;
 pub mod stats;
 pub mod tls;
 
@@ -42,3 +53,4 @@ pub use handler::{Call, Event, HandlerFuture, MiddleMan, Service, Session};
 pub use middle_man::CloseReason;
 pub use registry::Registry;
 pub use server::{Server, ServerHandle, StartError};
+pub use signal::shutdown_signal;

@@ -63,7 +63,11 @@ impl Stats {
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
-            closes: self.closes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            closes: self
+                .closes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             accepted: self.accepted.load(Ordering::Relaxed),
             open: self.open.load(Ordering::Relaxed),
             authenticated: self.authenticated.load(Ordering::Relaxed),

@@ -169,6 +169,9 @@ impl TestServer {
             },
         );
         config.services = services();
+        // The legitimate client (127.0.0.1) is exempt from penalties, so that tests may
+        // fail to authenticate on purpose; attackers come from other 127.x addresses.
+        config.limits.admission.penalties.exempt = vec![(IpAddr::V4(Ipv4Addr::LOCALHOST), 32)];
         adjust(&mut config);
         let (tx, rx) = mpsc::unbounded_channel();
         let server = Server::bind(config, &registry(tx))
@@ -224,6 +227,17 @@ impl TestServer {
     }
 }
 
+/// A TCP connection to `addr` from the local address `source` (any 127.x.y.z works on
+/// Linux loopback without configuration).
+pub async fn tcp_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match source {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
 /// A raw TLS connection speaking frames, for tests that pin bytes on the wire.
 pub struct RawPeer {
     pub reader: FramedRead<TlsStream<TcpStream>, FrameCodec>,
@@ -232,6 +246,18 @@ pub struct RawPeer {
 impl RawPeer {
     /// TLS to `addr`, trusting the CA at `ca`; no handshake frame sent yet.
     pub async fn connect(addr: SocketAddr, ca: &std::path::Path) -> RawPeer {
+        RawPeer::connect_from(addr, ca, IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .await
+            .expect("TLS connection")
+    }
+
+    /// TLS to `addr` from the local address `source` (e.g. 127.0.0.2, to be seen as
+    /// another host by per-source limits); errors are returned, for attack tests.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        ca: &std::path::Path,
+        source: IpAddr,
+    ) -> std::io::Result<RawPeer> {
         use rustls_pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
@@ -245,14 +271,12 @@ impl RawPeer {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = within("tcp connect", TcpStream::connect(addr))
-            .await
-            .unwrap();
+        let tcp = within("tcp connect", tcp_from(source, addr)).await?;
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = within("tls", connector.connect(name, tcp)).await.unwrap();
-        RawPeer {
+        let tls = within("tls", connector.connect(name, tcp)).await?;
+        Ok(RawPeer {
             reader: FramedRead::new(tls, FrameCodec::new(DEFAULT_MAX_FRAME * 2, usize::MAX)),
-        }
+        })
     }
 
     /// Sends one frame holding `payload` exactly.
