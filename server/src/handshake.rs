@@ -93,9 +93,23 @@ pub(crate) async fn handshake(
         Ok(Err(e)) => return Err(HandshakeFailure::Tls(e.to_string())),
         Err(_) => return Err(HandshakeFailure::Tls("TLS handshake timed out".into())),
     };
-    let codec = FrameCodec::new(HANDSHAKE_MAX_FRAME, limits.max_frame + SEND_MARGIN);
-    let mut reader = FramedRead::new(tls, codec);
-    match timeout_at(pre_auth_deadline, start_service(&mut reader, peer, state)).await {
+    authenticate(tls, peer, state, pre_auth_deadline).await
+}
+
+/// The handshake after TLS, over any stream: `start_service` (answering pings) and the
+/// password check, by `deadline`; a refusal is answered and the stream closed.
+pub(crate) async fn authenticate<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: &ServerState,
+    deadline: Instant,
+) -> Result<Authenticated<S>, HandshakeFailure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let codec = FrameCodec::new(HANDSHAKE_MAX_FRAME, state.limits.max_frame + SEND_MARGIN);
+    let mut reader = FramedRead::new(stream, codec);
+    match timeout_at(deadline, start_service(&mut reader, peer, state)).await {
         Ok(Ok((service, args_c))) => Ok(Authenticated {
             reader,
             service,

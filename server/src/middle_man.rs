@@ -148,11 +148,16 @@ where
         tokio::pin!(idle);
         let drain = sleep_until(Instant::now() + far);
         tokio::pin!(drain);
-        let mut draining = false;
+        // Set once the connection is winding down (the client sent `close`, or the
+        // server is shutting down): nothing more is read, calls in flight are still
+        // answered until `shutdown_grace`, then the connection ends for this reason.
+        let mut draining: Option<CloseReason> = None;
 
         let reason = loop {
-            if draining && self.in_flight.is_empty() && pending.is_none() {
-                break CloseReason::Shutdown;
+            if let Some(reason) = &draining {
+                if self.in_flight.is_empty() && pending.is_none() {
+                    break reason.clone();
+                }
             }
             tokio::select! {
                 // Outbound first: answering what was asked beats reading more.
@@ -182,20 +187,27 @@ where
                         permit.send(event);
                     }
                 }
-                () = shutdown.cancelled(), if !draining => {
-                    draining = true;
+                () = shutdown.cancelled(), if draining.is_none() => {
+                    draining = Some(CloseReason::Shutdown);
                     drain.as_mut().reset(Instant::now() + self.limits.shutdown_grace);
                 }
-                () = &mut drain, if draining => break CloseReason::Shutdown,
+                () = &mut drain, if draining.is_some() => {
+                    break draining.take().unwrap_or(CloseReason::Shutdown);
+                }
                 () = &mut idle, if idle_timeout.is_some() => {
                     break CloseReason::Protocol(ErrorReason::IdleTimeout);
                 }
-                frame = self.reader.next(), if pending.is_none() && !draining => {
+                frame = self.reader.next(), if pending.is_none() && draining.is_none() => {
                     if let Some(t) = idle_timeout {
                         idle.as_mut().reset(Instant::now() + t);
                     }
                     match self.on_frame(frame).await {
                         Ok(event) => pending = event,
+                        // An orderly close: the calls sent before it are still answered.
+                        Err(CloseReason::ClientClosed) => {
+                            draining = Some(CloseReason::ClientClosed);
+                            drain.as_mut().reset(Instant::now() + self.limits.shutdown_grace);
+                        }
                         Err(reason) => break reason,
                     }
                 }

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -27,7 +28,7 @@ use crate::admission::{Admission, Outcome, Ticket};
 use crate::auth::PasswordChecker;
 use crate::config::{Config, ConfigError, Limits, ServiceConfig};
 use crate::handler::Service;
-use crate::handshake::{handshake, HandshakeFailure};
+use crate::handshake::{authenticate, handshake, HandshakeFailure};
 use crate::middle_man::{self, Setup};
 use crate::registry::Registry;
 use crate::stats::{protocol_error, Stats, StatsSnapshot};
@@ -217,6 +218,33 @@ impl Server {
             );
         }
         tracing::info!("shut down");
+    }
+
+    /// Runs one session over an already-established stream, as if it had come through
+    /// TCP and TLS from `peer`: the `start_service` handshake, authentication, and the
+    /// middle man until the session ends. Returns the close reason code. For fuzzing
+    /// the connection state machine over an in-memory stream, and for tests.
+    #[doc(hidden)]
+    pub async fn serve_stream<S>(&self, stream: S, peer: SocketAddr) -> String
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let state = &self.state;
+        let deadline = tokio::time::Instant::now() + state.limits.handshake_timeout;
+        let auth = match authenticate(stream, peer, state, deadline).await {
+            Ok(auth) => auth,
+            Err(failure) => return failure.code(),
+        };
+        let setup = Setup {
+            service: Arc::clone(&auth.service.service),
+            service_name: auth.service.config.name.clone(),
+            args_c: auth.args_c,
+            args_s: auth.service.config.args.clone(),
+            peer,
+            limits: Arc::clone(&state.limits),
+            shutdown: CancellationToken::new(),
+        };
+        middle_man::run(auth.reader, setup).await.code()
     }
 
     /// Runs the server in a task of its own; the handle stops it.
