@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Installs what the tests need (Debian packages: Erlang for the interop tests) and runs
+# Installs what the tests need (Debian packages: Erlang for the interop tests,
+# redis-server for the name server's Redis store tests) and runs
 # the whole suite: formatting, lints, every test. The README's test command; .ci/run
 # runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-if ! command -v erl >/dev/null || ! command -v escript >/dev/null \
+if ! command -v erl >/dev/null || ! command -v escript >/dev/null || ! command -v erlc >/dev/null \
    || ! erl -noshell -eval '{ok, _} = application:ensure_all_started(ssl), halt().' >/dev/null 2>&1; then
   need+=(erlang-base erlang-crypto erlang-ssl erlang-public-key erlang-asn1)
+fi
+if ! command -v redis-server >/dev/null; then
+  need+=(redis-server)
+fi
+# tests/two_hosts.rs makes two network namespaces with iproute2's `ip` (as root).
+if ! command -v ip >/dev/null && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
+  need+=(iproute2)
+fi
+# tests/packaging.rs checks the systemd unit with systemd-analyze.
+if ! command -v systemd-analyze >/dev/null; then
+  need+=(systemd)
 fi
 if ((${#need[@]})); then
   sudo=""

@@ -2,12 +2,14 @@
 //! server from the command line.
 //!
 //! Each subcommand lives in its own module: [`serve`] (the server, with a working
-//! default), [`admin`] (gen-cert, hash-password, check-config) and [`remote`] (rpc and
-//! cast, the client side).
+//! default), [`admin`] (gen-cert, hash-password, check-config), [`remote`] (rpc,
+//! cast, call and ping, the client side) and [`shell`] (an interactive session).
 
 mod admin;
+mod bench;
 mod remote;
 mod serve;
+mod shell;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +53,19 @@ enum Command {
     Rpc(remote::RemoteArgs),
     /// Send TERM one-way.
     Cast(remote::RemoteArgs),
+    /// Call MOD:FUNC(ARG...) through a mod_rpc service, like rpc:call/4, and print the
+    /// result.
+    Call(remote::CallArgs),
+    /// Tell whether a lib_chan server answers at HOST:PORT, like net_adm:ping/1: prints
+    /// pong and the round trip time (exit 0), or pang and why. No password needed.
+    Ping(remote::PingArgs),
+    /// Load a server and report throughput and latency percentiles (--json for scripts).
+    Bench(bench::BenchArgs),
+    /// An interactive session with SERVICE, like the Erlang shell.
+    ///
+    /// Each term typed (ending with '.') is sent as a call and its reply printed;
+    /// !Term. casts; pushes are printed as they arrive; q(). quits.
+    Shell(shell::ShellArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +77,10 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => admin::check_config(&file),
         Command::Rpc(args) => remote::run(remote::Mode::Rpc, &args),
         Command::Cast(args) => remote::run(remote::Mode::Cast, &args),
+        Command::Call(args) => remote::call(&args),
+        Command::Ping(args) => return remote::ping(&args),
+        Command::Shell(args) => shell::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -74,11 +93,7 @@ fn main() -> ExitCode {
 
 /// The per-user data directory: $LIB_CHAN_HOME, else $HOME/.lib_chan.
 fn data_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LIB_CHAN_HOME") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".lib_chan")
+    lib_chan_client::password_file::data_dir()
 }
 
 /// Logs to standard error; RUST_LOG overrides `default`.

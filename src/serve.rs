@@ -1,10 +1,19 @@
 //! `lib_chan serve`: find the config (or make the working default) and run the server
 //! until SIGINT or SIGTERM.
 //!
+//! It is a thin user of the embedding API (`Server::bind`, `Server::run`,
+//! `lib_chan_server::shutdown_signal`), as any program embedding a server would be.
+//!
+//! Without `--config` it reads `./lib_chan.conf`, then `lib_chan.conf` in the data
+//! directory (`$LIB_CHAN_HOME`, else `$HOME/.lib_chan`; the book reads
+//! `$HOME/.erlang_config/lib_chan.conf`), and logs which one it used, or where it
+//! looked before falling back to the default below.
+//!
 //! The default, for a newcomer with no config: the name server on 127.0.0.1:1234, a
 //! development CA and server certificate generated once into the data directory and
 //! reused, and the password from LIB_CHAN_PASSWORD, else one generated on first run and
-//! kept (mode 0600) in the data directory beside the certificates.
+//! kept (mode 0600) in the data directory beside the certificates. Its names are kept in
+//! `names.redb` there (`store = "file:..."`), so they survive restarts.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,26 +21,29 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use lib_chan_client::password_file;
 use lib_chan_protocol::Term;
 use lib_chan_server::config::DEFAULT_PORT;
 use lib_chan_server::devcert::{DevCertPaths, DevCerts};
-use lib_chan_server::{auth, Config, Server, ServiceConfig, TlsSource};
+use lib_chan_server::{auth, shutdown_signal, Config, Server, ServiceConfig, TlsSource};
 
-/// The default service's name, as in the book.
-pub(crate) const DEFAULT_SERVICE: &str = "nameServer";
+/// The default service's name, as in the book. The client's password lookup knows it
+/// (and the file below), to find the generated password for localhost.
+pub(crate) const DEFAULT_SERVICE: &str = password_file::SERVE_DEFAULT_SERVICE;
 
 pub(crate) fn serve(config: Option<PathBuf>, port: Option<u16>) -> anyhow::Result<()> {
     crate::init_logging("info");
     let registry = lib_chan_services::registry();
     let found = find_config(config);
-    let is_default = found.is_none();
+    let is_default = found.is_err();
     let mut config = match found {
-        Some(path) => {
+        Ok(path) => {
             tracing::info!(config = %path.display(), "using config file");
             Config::load(&path, &registry)?
         }
-        None => {
-            tracing::info!("no config file found; serving the default name server");
+        Err(looked) => {
+            let looked: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+            tracing::info!(looked_in = %looked.join(", "), "no config file found; serving the default name server");
             default_config()?
         }
     };
@@ -62,17 +74,20 @@ pub(crate) fn serve(config: Option<PathBuf>, port: Option<u16>) -> anyhow::Resul
     })
 }
 
-/// The config to use: `--config`, else ./lib_chan.conf, else the data directory's.
-fn find_config(explicit: Option<PathBuf>) -> Option<PathBuf> {
-    if explicit.is_some() {
-        return explicit;
+/// The config to use: `--config`, else ./lib_chan.conf, else the data directory's;
+/// `Err` with the places looked in when there is none.
+fn find_config(explicit: Option<PathBuf>) -> Result<PathBuf, Vec<PathBuf>> {
+    if let Some(path) = explicit {
+        return Ok(path);
     }
-    [
+    let candidates = [
         PathBuf::from("lib_chan.conf"),
         crate::data_dir().join("lib_chan.conf"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
+    ];
+    match candidates.iter().find(|p| p.exists()) {
+        Some(p) => Ok(p.clone()),
+        None => Err(candidates.to_vec()),
+    }
 }
 
 /// The working default: the name server with a development certificate.
@@ -93,12 +108,15 @@ fn default_config() -> anyhow::Result<Config> {
             key: paths.key.clone(),
         },
     );
-    config.services.push(ServiceConfig::new(
+    let mut name_server = ServiceConfig::new(
         DEFAULT_SERVICE,
         &auth::hash_password(password.as_bytes()),
         "mod_name_server",
         Term::atom("notUsed"),
-    ));
+    );
+    // Durable out of the box: the names outlive the process.
+    name_server.options.store = Some(format!("file:{}", dir.join("names.redb").display()));
+    config.services.push(name_server);
     Ok(config)
 }
 
@@ -109,7 +127,7 @@ fn default_password(dir: &Path) -> anyhow::Result<String> {
             return Ok(p);
         }
     }
-    let file = dir.join("password");
+    let file = dir.join(password_file::SERVE_PASSWORD_FILE_NAME);
     if let Ok(p) = std::fs::read_to_string(&file) {
         return Ok(p.trim().to_owned());
     }
@@ -141,24 +159,4 @@ fn generate_password() -> anyhow::Result<String> {
         .iter()
         .map(|b| alphabet[*b as usize % alphabet.len()])
         .collect())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("signal received: shutting down");
 }

@@ -256,6 +256,15 @@ fn serve_without_a_config_makes_a_working_default() {
     let addr = format!("localhost:{}", server.port);
     let out = lib_chan(&["rpc", &addr, "nameServer", "{lookup, jim}"], &envs);
     assert_eq!(text(&out.stdout), "undefined\n", "{}", text(&out.stderr));
+    // The default keeps its names in the data directory: joe survived the restart.
+    assert!(data.join("names.redb").exists());
+    let out = lib_chan(&["rpc", &addr, "nameServer", "{lookup, joe}"], &envs);
+    assert_eq!(
+        text(&out.stdout),
+        "{ok,\"writing a book\"}\n",
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -345,6 +354,9 @@ fn every_subcommand_has_help() {
         "check-config",
         "rpc",
         "cast",
+        "call",
+        "ping",
+        "shell",
     ] {
         let out = lib_chan(&[sub, "--help"], &[]);
         assert!(out.status.success(), "{sub}");

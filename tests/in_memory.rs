@@ -33,7 +33,7 @@ async fn the_seed_session_over_an_in_memory_stream() {
     });
     let codec = FrameCodec::new(1 << 20, 1 << 20);
     let mut reader = FramedRead::new(client, codec.clone());
-    let mut send = |text: &str| {
+    let send = |text: &str| {
         let mut buf = BytesMut::new();
         codec.encode_term(&parse(text).unwrap(), &mut buf).unwrap();
         buf

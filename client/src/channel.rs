@@ -49,8 +49,9 @@ struct Shared {
     closing: Arc<AtomicBool>,
     /// Wakes the dispatch task's writer to send `close`.
     close_requested: Arc<Notify>,
-    /// The next call or ping reference.
-    next_ref: AtomicU64,
+    /// The next call or ping reference; shared with the dispatch task, whose keepalive
+    /// pings take theirs from it too, so no two questions ever share a `Ref`.
+    next_ref: Arc<AtomicU64>,
     /// Encodes frames in the calling task, with the server's `max_frame` as send limit.
     codec: FrameCodec,
     welcome: Welcome,
@@ -104,6 +105,7 @@ impl Channel {
         leftover: BytesMut,
         welcome: Welcome,
         rpc_timeout: Duration,
+        keepalive: Option<Duration>,
         addr: String,
     ) -> Channel {
         let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
@@ -112,6 +114,8 @@ impl Channel {
         let in_flight = Arc::new(InFlight::default());
         let closing = Arc::new(AtomicBool::new(false));
         let close_requested = Arc::new(Notify::new());
+        // The seed session numbers its calls from 1.
+        let next_ref = Arc::new(AtomicU64::new(1));
         let dispatch = Dispatch {
             stream,
             codec: codec.clone(),
@@ -122,6 +126,8 @@ impl Channel {
             closed: closed_tx,
             closing: closing.clone(),
             close_requested: close_requested.clone(),
+            keepalive,
+            next_ref: next_ref.clone(),
             addr: addr.clone(),
         };
         tokio::spawn(dispatch.run());
@@ -133,8 +139,7 @@ impl Channel {
                 closed: closed_rx,
                 closing,
                 close_requested,
-                // The seed session numbers its calls from 1.
-                next_ref: AtomicU64::new(1),
+                next_ref,
                 codec,
                 welcome,
                 rpc_timeout,

@@ -13,8 +13,15 @@
 //!   flushes once, so a burst of pipelined calls costs one TLS record and one syscall
 //!   instead of one each.
 //!
-//! Running both in one `select!` (rather than a loop that alternates) means a large
-//! write never stops the reader, so neither side can deadlock on full TCP buffers.
+//! - the **keepalive** loop (only with [`ConnectOptions::keepalive`]) asks the writer for
+//!   a `{ping, Ref}` every interval, and ends the connection with
+//!   [`CloseReason::KeepaliveTimeout`] when a whole interval has passed since the last
+//!   ping without a single frame from the server (the reader counts them), unless the
+//!   reader was not reading because the push queue was full.
+//!
+//! Running them in one `select!` (rather than a loop that alternates) means a large
+//! write never stops the reader, so neither side can deadlock on full TCP buffers, and a
+//! writer stuck on a server that stopped reading cannot stop the keepalive verdict.
 //!
 //! How it ends:
 //! - The server ends it (`close`, `{error, Reason}`, end of stream, a bad frame): the
@@ -28,9 +35,10 @@
 //!
 //! [`Channel::recv`]: crate::Channel::recv
 //! [`Channel::close`]: crate::Channel::close
+//! [`ConnectOptions::keepalive`]: crate::ConnectOptions::keepalive
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +49,7 @@ use lib_chan_protocol::{etf, FrameCodec, FrameError, Term};
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout, timeout_at, Instant, MissedTickBehavior};
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::FramedRead;
 
@@ -86,8 +94,22 @@ pub(crate) struct Dispatch {
     pub(crate) closing: Arc<AtomicBool>,
     /// Notified by [`Channel::close`](crate::Channel::close).
     pub(crate) close_requested: Arc<Notify>,
+    /// The keepalive interval, if any.
+    pub(crate) keepalive: Option<Duration>,
+    /// Where keepalive pings take their `Ref` (shared with the handles' calls).
+    pub(crate) next_ref: Arc<AtomicU64>,
     /// `host:port`, for logs.
     pub(crate) addr: String,
+}
+
+/// What the keepalive loop knows of the reader: evidence that the server is alive.
+#[derive(Debug, Default)]
+struct Liveness {
+    /// Frames read from the server so far.
+    heard: AtomicU64,
+    /// The reader is waiting for room in the push queue, so it reads nothing: silence from
+    /// the server then proves nothing.
+    stalled: AtomicBool,
 }
 
 /// How the writer ended.
@@ -111,6 +133,8 @@ impl Dispatch {
             closed,
             closing,
             close_requested,
+            keepalive,
+            next_ref,
             addr,
         } = self;
         let mut close_frame = BytesMut::new();
@@ -119,13 +143,25 @@ impl Dispatch {
         let close_frame = close_frame.freeze();
 
         let (rd, mut wr) = tokio::io::split(stream);
-        let mut reader = FramedRead::new(rd, codec);
+        let mut reader = FramedRead::new(rd, codec.clone());
         reader.read_buffer_mut().extend_from_slice(&leftover);
 
+        let liveness = Liveness::default();
+        // Capacity 1: a ping the writer has not taken yet is as good as a new one.
+        let (ping_tx, mut ping_rx) = mpsc::channel(1);
         let (reason, server_ended) = {
-            let read = read_loop(&mut reader, &in_flight, &pushes);
-            let write = write_loop(&mut wr, &mut outgoing, &close_requested, &close_frame);
-            tokio::pin!(read, write);
+            let read = read_loop(&mut reader, &in_flight, &pushes, &liveness);
+            let writer = Writer {
+                outgoing: &mut outgoing,
+                pings: &mut ping_rx,
+                close_requested: &close_requested,
+                close_frame: &close_frame,
+                codec: &codec,
+                next_ref: &next_ref,
+            };
+            let write = writer.run(&mut wr);
+            let keepalive = keepalive_loop(keepalive, &liveness, ping_tx);
+            tokio::pin!(read, write, keepalive);
             tokio::select! {
                 reason = &mut read => {
                     // A close() racing with the server's own close still counts as ours.
@@ -148,6 +184,13 @@ impl Dispatch {
                         _ => (CloseReason::ConnectionLost(format!("write failed: {e}")), true),
                     },
                 },
+                reason = &mut keepalive => {
+                    if closing.load(Ordering::Acquire) {
+                        (CloseReason::ClosedByClient, true)
+                    } else {
+                        (reason, true)
+                    }
+                }
             }
         };
         tracing::debug!(%addr, %reason, "channel closed");
@@ -170,6 +213,7 @@ async fn read_loop(
     reader: &mut Reader,
     in_flight: &InFlight,
     pushes: &mpsc::Sender<Term>,
+    liveness: &Liveness,
 ) -> CloseReason {
     loop {
         let payload = match reader.next().await {
@@ -187,6 +231,7 @@ async fn read_loop(
             }
             Some(Err(e)) => return CloseReason::Protocol(e.to_string()),
         };
+        liveness.heard.fetch_add(1, Ordering::Relaxed);
         let message = match etf::decode(&payload) {
             Ok(term) => match ServerMessage::from_term(&term) {
                 Ok(message) => message,
@@ -195,11 +240,17 @@ async fn read_loop(
             Err(e) => return CloseReason::Protocol(e.to_string()),
         };
         match message {
-            ServerMessage::Send(y) => {
-                // Waits while the queue is full: backpressure onto the server. Fails only
-                // when every handle is gone, and then nobody wants the push.
-                let _ = pushes.send(y).await;
-            }
+            ServerMessage::Send(y) => match pushes.try_send(y) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(y)) => {
+                    // Waits while the queue is full: backpressure onto the server. Fails
+                    // only when every handle is gone, and then nobody wants the push.
+                    liveness.stalled.store(true, Ordering::Relaxed);
+                    let _ = pushes.send(y).await;
+                    liveness.stalled.store(false, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            },
             ServerMessage::Reply { id, body } => {
                 if !in_flight.complete(id, Kind::Call, Ok(body)) {
                     tracing::trace!(id, "reply for a call nobody waits for (timed out?)");
@@ -221,48 +272,107 @@ async fn read_loop(
     }
 }
 
-/// Writes queued frames, coalescing bursts, until the client closes or a write fails.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    outgoing: &mut mpsc::Receiver<Bytes>,
-    close_requested: &Notify,
-    close_frame: &Bytes,
-) -> WriteEnd {
-    let mut batch = BytesMut::new();
+/// Asks the writer for a ping every `interval`; returns when the server seems dead. Never
+/// returns without keepalive.
+async fn keepalive_loop(
+    interval: Option<Duration>,
+    liveness: &Liveness,
+    pings: mpsc::Sender<()>,
+) -> CloseReason {
+    let Some(interval) = interval else {
+        return std::future::pending().await;
+    };
+    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+    // After a stall of the runtime, one late tick rather than a burst of pings.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // How many frames had been heard when the last ping was asked for.
+    let mut heard_at_ping: Option<u64> = None;
     loop {
-        let first = tokio::select! {
-            // Frames queued before a close request go out first (and the close sequence
-            // drains the rest).
-            biased;
-            frame = outgoing.recv() => frame,
-            () = close_requested.notified() => None,
-        };
-        let Some(first) = first else {
-            // close() was called, or every handle is gone.
-            return close_sequence(wr, outgoing, &mut batch, close_frame).await;
-        };
-        let written = match outgoing.try_recv() {
-            // Nothing else queued: write the frame as it is, no copy.
-            Err(_) => write_and_flush(wr, &first).await,
-            Ok(second) => {
-                batch.clear();
-                batch.extend_from_slice(&first);
-                batch.extend_from_slice(&second);
-                while batch.len() < MAX_BATCH {
-                    match outgoing.try_recv() {
-                        Ok(frame) => batch.extend_from_slice(&frame),
-                        Err(_) => break,
+        ticks.tick().await;
+        let heard = liveness.heard.load(Ordering::Relaxed);
+        if heard_at_ping == Some(heard) && !liveness.stalled.load(Ordering::Relaxed) {
+            return CloseReason::KeepaliveTimeout { interval };
+        }
+        // Full: the previous ping is still waiting for the writer, which is as good.
+        let _ = pings.try_send(());
+        heard_at_ping = Some(heard);
+    }
+}
+
+/// The writer's inputs, borrowed from the dispatch task.
+struct Writer<'a> {
+    /// Encoded frames from the handles.
+    outgoing: &'a mut mpsc::Receiver<Bytes>,
+    /// Keepalive's requests for a ping.
+    pings: &'a mut mpsc::Receiver<()>,
+    close_requested: &'a Notify,
+    close_frame: &'a Bytes,
+    /// Encodes keepalive pings.
+    codec: &'a FrameCodec,
+    /// Where keepalive pings take their `Ref`.
+    next_ref: &'a AtomicU64,
+}
+
+impl Writer<'_> {
+    /// Writes queued frames, coalescing bursts, and keepalive pings, until the client
+    /// closes or a write fails.
+    async fn run<W: AsyncWrite + Unpin>(self, wr: &mut W) -> WriteEnd {
+        let Writer {
+            outgoing,
+            pings,
+            close_requested,
+            close_frame,
+            codec,
+            next_ref,
+        } = self;
+        let mut batch = BytesMut::new();
+        loop {
+            let first = tokio::select! {
+                biased;
+                // Pings first: behind a steady stream of casts they would never go out,
+                // and the server would be taken for dead.
+                Some(()) = pings.recv() => {
+                    let id = next_ref.fetch_add(1, Ordering::Relaxed);
+                    batch.clear();
+                    // `{ping, Ref}` is a few bytes: it fits any limit a server announces.
+                    let _ = codec.encode_term(&ClientMessage::Ping(id).to_term(), &mut batch);
+                    if let Err(e) = write_and_flush(wr, &batch).await {
+                        return WriteEnd::Failed(e);
                     }
+                    continue;
                 }
-                let written = write_and_flush(wr, &batch).await;
-                if batch.capacity() > KEEP_BATCH_CAPACITY {
-                    batch = BytesMut::new();
+                // Frames queued before a close request go out first (and the close
+                // sequence drains the rest).
+                frame = outgoing.recv() => frame,
+                () = close_requested.notified() => None,
+            };
+            let Some(first) = first else {
+                // close() was called, or every handle is gone.
+                return close_sequence(wr, outgoing, &mut batch, close_frame).await;
+            };
+            let written = match outgoing.try_recv() {
+                // Nothing else queued: write the frame as it is, no copy.
+                Err(_) => write_and_flush(wr, &first).await,
+                Ok(second) => {
+                    batch.clear();
+                    batch.extend_from_slice(&first);
+                    batch.extend_from_slice(&second);
+                    while batch.len() < MAX_BATCH {
+                        match outgoing.try_recv() {
+                            Ok(frame) => batch.extend_from_slice(&frame),
+                            Err(_) => break,
+                        }
+                    }
+                    let written = write_and_flush(wr, &batch).await;
+                    if batch.capacity() > KEEP_BATCH_CAPACITY {
+                        batch = BytesMut::new();
+                    }
+                    written
                 }
-                written
+            };
+            if let Err(e) = written {
+                return WriteEnd::Failed(e);
             }
-        };
-        if let Err(e) = written {
-            return WriteEnd::Failed(e);
         }
     }
 }

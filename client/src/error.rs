@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use lib_chan_protocol::message::ErrorReason;
 use lib_chan_protocol::Term;
@@ -30,6 +31,15 @@ pub enum CloseReason {
     /// The server sent a frame that breaks the protocol; the client hung up. The text says
     /// what was wrong.
     Protocol(String),
+    /// Keepalive ([`ConnectOptions::keepalive`](crate::ConnectOptions::keepalive)) found
+    /// the server dead, like Erlang's `monitor_node` reporting `nodedown`: a `{ping, Ref}`
+    /// went unanswered for a whole `interval` and nothing else came from the server
+    /// meanwhile. The server is down, frozen, unreachable, or so far behind that it stopped
+    /// reading; the client hung up.
+    KeepaliveTimeout {
+        /// The keepalive interval.
+        interval: Duration,
+    },
 }
 
 impl fmt::Display for CloseReason {
@@ -56,6 +66,12 @@ impl fmt::Display for CloseReason {
             CloseReason::ClosedByClient => f.write_str("closed by this client"),
             CloseReason::ConnectionLost(why) => write!(f, "connection lost: {why}"),
             CloseReason::Protocol(why) => write!(f, "protocol error from the server: {why}"),
+            CloseReason::KeepaliveTimeout { interval } => write!(
+                f,
+                "keepalive timeout: the server did not answer a ping within {} ms \
+                 (is it down, frozen or unreachable?)",
+                interval.as_millis()
+            ),
         }
     }
 }
@@ -176,6 +192,14 @@ mod tests {
         assert_eq!(
             e.close_reason(),
             Some(&CloseReason::ServerError(ErrorReason::Shutdown))
+        );
+        assert_eq!(
+            CloseReason::KeepaliveTimeout {
+                interval: Duration::from_millis(200)
+            }
+            .to_string(),
+            "keepalive timeout: the server did not answer a ping within 200 ms (is it down, \
+             frozen or unreachable?)"
         );
         assert_eq!(
             Error::Refused(ErrorReason::Timeout).to_string(),

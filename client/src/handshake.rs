@@ -202,6 +202,7 @@ pub(crate) async fn connect(
         rest,
         welcome,
         opts.rpc_timeout,
+        opts.keepalive,
         opened.addr,
     ))
 }

@@ -22,18 +22,22 @@
 //! ```
 //!
 //! Use [`ConnectOptions`] to trust a private CA, pin a certificate, check another name
-//! in the certificate, or change timeouts; [`blocking`] for programs without an async
-//! runtime; [`ping`] to see whether a channel server is there, without a password.
+//! in the certificate, change timeouts, or watch the server like Erlang's
+//! `monitor_node` ([`ConnectOptions::keepalive`]: pings, and a dead server reported
+//! through [`Channel::closed`]); [`blocking`] for programs without an async runtime;
+//! [`ping`] to see whether a channel server is there, without a password.
 //!
 //! # Layout
 //! - [`options`]: [`ConnectOptions`], the builder, with the default timeouts.
 //! - `handshake`: TCP, TLS, `start_service` until the welcome; the ping probe.
 //! - `tls`: the rustls configuration, certificate pinning, readable TLS errors.
 //! - [`channel`]: [`Channel`], the cloneable handle; frames are encoded by the caller.
-//! - `dispatch`: the task that owns the connection, reading and writing (coalesced).
+//! - `dispatch`: the task that owns the connection, reading and writing (coalesced),
+//!   and keepalive.
 //! - `in_flight`: calls and pings waiting for an answer, by `Ref`.
 //! - [`error`]: [`Error`] and [`CloseReason`].
 //! - [`blocking`]: the same API for non-async programs.
+//! - [`password_file`]: passwords from the environment and files like `~/.erlang.cookie`.
 
 #![deny(missing_docs)]
 
@@ -44,6 +48,7 @@ pub mod error;
 mod handshake;
 mod in_flight;
 pub mod options;
+pub mod password_file;
 mod tls;
 
 use std::time::Duration;

@@ -32,6 +32,7 @@ pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// | [`connect_timeout`](Self::connect_timeout) (TCP) | 10 s |
 /// | [`handshake_timeout`](Self::handshake_timeout) (TLS + `start_service`) | 10 s |
 /// | [`rpc_timeout`](Self::rpc_timeout) (default for [`Channel::rpc`]) | 30 s |
+/// | [`keepalive`](Self::keepalive) (pings, and a dead server detected) | off |
 ///
 /// Cloning is cheap, and clones share the TLS configuration once it is built (CA files
 /// are read on the first connect, not on every one).
@@ -59,6 +60,8 @@ pub struct ConnectOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) rpc_timeout: Duration,
+    /// The keepalive interval; `None` sends no pings.
+    pub(crate) keepalive: Option<Duration>,
     /// The configuration built from `trust`, shared by clones; a setter that changes the
     /// trust replaces it with an empty one.
     built: Arc<OnceLock<Arc<ClientConfig>>>,
@@ -73,6 +76,7 @@ impl Default for ConnectOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
+            keepalive: None,
             built: Arc::default(),
         }
     }
@@ -89,6 +93,7 @@ impl fmt::Debug for ConnectOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("rpc_timeout", &self.rpc_timeout)
+            .field("keepalive", &self.keepalive)
             .finish()
     }
 }
@@ -181,6 +186,48 @@ impl ConnectOptions {
         self
     }
 
+    /// Keeps the connection alive and watches the server, like Erlang's `monitor_node`:
+    /// every `interval` the channel sends `{ping, Ref}` (answered by the server itself,
+    /// never seen by the service), and when a ping has gone unanswered for a whole
+    /// interval with nothing else heard from the server meanwhile, the channel closes with
+    /// [`CloseReason::KeepaliveTimeout`]. [`Channel::closed`] then resolves, and waiting
+    /// calls fail with that reason. A dead server is so reported within about two
+    /// intervals of its last sign of life. A zero `interval` turns keepalive off (the
+    /// default).
+    ///
+    /// The pings also keep an otherwise idle connection from reaching the server's
+    /// `idle_timeout`. While the program leaves pushes unread and the push queue is full,
+    /// the channel is not reading, so silence then proves nothing and is not held against
+    /// the server.
+    ///
+    /// Choose an interval well above the round trip time and above the time it takes to
+    /// send the largest frame you send: frames are never interleaved, so a ping waits for
+    /// the frame before it, and a server that has stopped reading (frozen, or with a
+    /// handler so far behind that it applies backpressure) for a whole interval counts as
+    /// dead.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use lib_chan_client::{ConnectOptions, Term};
+    /// use std::time::Duration;
+    ///
+    /// # async fn demo() -> Result<(), lib_chan_client::Error> {
+    /// let chan = ConnectOptions::new()
+    ///     .keepalive(Duration::from_secs(5))
+    ///     .connect("localhost", 1234, "nameServer", "ABXy45", Term::nil())
+    ///     .await?;
+    /// let why = chan.closed().await; // e.g. CloseReason::KeepaliveTimeout { .. }
+    /// eprintln!("server gone: {why}");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`CloseReason::KeepaliveTimeout`]: crate::CloseReason::KeepaliveTimeout
+    pub fn keepalive(mut self, interval: Duration) -> ConnectOptions {
+        self.keepalive = (!interval.is_zero()).then_some(interval);
+        self
+    }
+
     /// Connects to `host:port` (a DNS name or an IP address), checks the server's
     /// certificate, and starts `service` with `password` and `args` (lib_chan's `ArgsC`).
     ///
@@ -237,6 +284,10 @@ mod tests {
         assert_eq!(o.connect_timeout, Duration::from_secs(10));
         assert_eq!(o.handshake_timeout, Duration::from_secs(10));
         assert_eq!(o.rpc_timeout, Duration::from_secs(30));
+        assert_eq!(o.keepalive, None);
+        let every = Duration::from_millis(200);
+        assert_eq!(o.clone().keepalive(every).keepalive, Some(every));
+        assert_eq!(o.clone().keepalive(Duration::ZERO).keepalive, None);
         assert_eq!(o.trust_kind(), TrustKind::SystemRoots);
         assert_eq!(o.clone().ca_pem("x").trust_kind(), TrustKind::CaFiles);
         assert_eq!(o.pinned_cert_pem("x").trust_kind(), TrustKind::Pinned);

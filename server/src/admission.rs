@@ -172,7 +172,7 @@ pub struct Admission {
     table: Mutex<Table>,
 }
 
-/// An admitted unauthenticated connection; dropping it (or [`Ticket::authenticated`])
+/// An admitted unauthenticated connection; dropping it (or [`Ticket::finish`])
 /// gives its place back.
 #[derive(Debug)]
 pub struct Ticket {

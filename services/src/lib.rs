@@ -1,29 +1,41 @@
 //! The services lib_chan ships, and the registry that names them for `lib_chan.conf`.
 //!
 //! # Layout
-//! - [`name_server`]: `mod_name_server`, the book's name server (PROTOCOL.md section 7).
+//! - [`name_server`]: `mod_name_server`, the book's name server (PROTOCOL.md section 7),
+//!   its names in memory, in a redb file or in Redis (the entry's `store` key).
 //! - [`echo`]: `mod_echo`, answers every call with its request: for tests and benchmarks.
+//! - [`rpc`]: `mod_rpc`, `rpc:call` limited to the functions its entry's `allow` names.
+//! - [`chat`]: `mod_chat`, IRC Lite, the book's chat: groups, nicks, relayed messages.
 
+pub mod chat;
 pub mod echo;
 pub mod name_server;
+pub mod rpc;
 
 use std::sync::Arc;
 
 use lib_chan_server::{Registry, ServiceConfig};
 
-/// A registry holding every built-in handler: `mod_name_server` and `mod_echo`.
+/// A registry holding every built-in handler: `mod_name_server`, `mod_echo`,
+/// `mod_chat` and `mod_rpc`.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
+    // The name spaces by service name: each name server made publishes its own, and
+    // mod_rpc's `kvs` looks one up at call time, as `[[service]]` order is arbitrary.
+    let spaces = rpc::NameSpaces::default();
+    let published = spaces.clone();
     r.register_checked(
         "mod_name_server",
         |config| {
             no_allow(config)?;
-            match config.options.store.as_deref() {
-                None | Some("memory") => Ok(()),
-                Some(other) => Err(format!("store `{other}` is not supported; use \"memory\"")),
-            }
+            // Syntax only: the file is opened and Redis reached when the service is made.
+            name_server::StoreSpec::parse(config.options.store.as_deref()).map(|_| ())
         },
-        |_config| Ok(Arc::new(name_server::NameServer::new())),
+        move |config| {
+            let server = name_server::NameServer::open(config)?;
+            published.publish(&config.name, server.space());
+            Ok(Arc::new(server))
+        },
     );
     r.register_checked(
         "mod_echo",
@@ -36,6 +48,20 @@ pub fn registry() -> Registry {
         },
         |_config| Ok(Arc::new(echo::Echo)),
     );
+    r.register_checked(
+        "mod_chat",
+        |config| {
+            no_allow(config)?;
+            match &config.options.store {
+                None => Ok(()),
+                Some(_) => Err("mod_chat takes no `store`".into()),
+            }
+        },
+        |_config| Ok(Arc::new(chat::Chat::new())),
+    );
+    r.register_checked("mod_rpc", rpc::check, move |config| {
+        Ok(Arc::new(rpc::Rpc::new(config, spaces.clone())?))
+    });
     r
 }
 

@@ -13,13 +13,36 @@
 //! | `{delete, K}`              | `true`                      | nothing                  |
 //! | `names`                    | the keys in term order      | `{send, Keys}`           |
 //! | `{watch, K}`/`{unwatch, K}`| `true`                      | nothing                  |
+//!
+//! A call the store cannot carry out (disk error, Redis down) gets
+//! `{error, Ref, store_unavailable}`.
+//!
+//! # Storage
+//! The entry's `store` key picks where the names live ([`StoreSpec`]): `memory` (the
+//! default), `file:PATH` (redb, durable before `true`) or `redis://HOST:PORT/DB` (shared
+//! by several channel servers). Each is a [`NameStore`]; see [`store`] for the contract
+//! they keep, and [`file_store`] and [`redis_store`] for their designs.
+//!
+//! # Concurrency
+//! The handler never waits for a store while reading its connection's requests: it hands
+//! each request to the store (which fixes its order), and answers it from a task of its
+//! own when the store is done. So one connection may have many stores in flight, and
+//! they share commits, while a pipelined `{lookup, K}` still sees the `{store, K, V}`
+//! sent before it. A `{lookup, K}` or `names` sent as a *send* is awaited in turn, so
+//! its `{send, Answer}` keeps its place among the handler's pushes.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+pub mod file_store;
+pub mod redis_store;
+pub mod store;
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
 use lib_chan_protocol::Term;
-use lib_chan_server::handler::TrySendError;
-use lib_chan_server::{Event, HandlerFuture, MiddleMan, Service, Session};
+use lib_chan_server::{Call, Event, HandlerFuture, MiddleMan, Service, ServiceConfig, Session};
+
+pub use store::{NameStore, Owner, StoreError, StoreFuture, StoreSpec, Watchers};
 
 /// One name server request, parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,133 +102,113 @@ fn is_owner_channel(opts: &Term) -> bool {
         .is_some_and(|m| m.len() == 1 && m[0].0.is_atom("owner") && m[0].1.is_atom("channel"))
 }
 
-/// `{ok, V}` or `undefined`.
-fn answer(value: Option<&Term>) -> Term {
-    match value {
-        Some(v) => Term::tuple([Term::atom("ok"), v.clone()]),
-        None => Term::atom("undefined"),
-    }
-}
-
-struct Entry {
-    value: Term,
-    /// The connection whose close removes this entry, for owner-bound stores.
-    owner: Option<u64>,
-}
-
-#[derive(Default)]
-struct Names {
-    entries: HashMap<Term, Entry>,
-    /// For each watched key, the connections watching it.
-    watchers: HashMap<Term, HashMap<u64, MiddleMan>>,
-}
-
-/// The names of one `[[service]]` entry, shared by its connections.
-#[derive(Default)]
+/// The names of one `[[service]]` entry, shared by its connections (and by other
+/// services, such as `mod_rpc`, that act on it): a [`NameStore`] and this server's
+/// watchers.
+///
+/// Every method keeps the store's ordering contract: the operation is placed when the
+/// method is called, and the returned future only waits for its outcome (it takes
+/// effect even if the future is dropped). From async code:
+///
+/// ```no_run
+/// # async fn example(space: &lib_chan_services::name_server::NameSpace) -> Result<(), lib_chan_services::name_server::StoreError> {
+/// use lib_chan_protocol::term;
+/// space.store(term!(joe), term!("writing a book"), None).await?;
+/// assert_eq!(space.lookup(&term!(joe)).await?, Some(term!("writing a book")));
+/// # Ok(()) }
+/// ```
 pub struct NameSpace {
-    names: Mutex<Names>,
+    store: Box<dyn NameStore>,
+    watchers: Arc<Watchers>,
+    spec: StoreSpec,
 }
 
 impl std::fmt::Debug for NameSpace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NameSpace").finish_non_exhaustive()
+        f.debug_struct("NameSpace")
+            .field("store", &self.spec.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for NameSpace {
+    /// An empty name space in memory.
+    fn default() -> NameSpace {
+        let watchers = Arc::new(Watchers::default());
+        NameSpace {
+            store: Box::new(store::MemoryStore::new(Arc::clone(&watchers))),
+            watchers,
+            spec: StoreSpec::Memory,
+        }
     }
 }
 
 impl NameSpace {
-    fn lock(&self) -> MutexGuard<'_, Names> {
-        // A handler that panicked while holding the lock cannot leave a half-made change
-        // (every change is one map operation), so the data is still consistent.
-        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    /// Opens the name space `spec` describes for the service named `service` (Redis keys
+    /// and channels include it). A file store is opened or created and its writer thread
+    /// started; a Redis store is checked to answer, and its tasks are spawned on the
+    /// current tokio runtime (so call this from inside one for Redis).
+    ///
+    /// # Errors
+    /// A message naming the file or URL and what is wrong with it.
+    pub fn open(spec: &StoreSpec, service: &str) -> Result<NameSpace, String> {
+        let watchers = Arc::new(Watchers::default());
+        let w = Arc::clone(&watchers);
+        let store: Box<dyn NameStore> = match spec {
+            StoreSpec::Memory => Box::new(store::MemoryStore::new(w)),
+            StoreSpec::File(path) => Box::new(file_store::FileStore::open(path, w)?),
+            StoreSpec::Redis(url) => Box::new(redis_store::RedisStore::open(url, service, w)?),
+        };
+        Ok(NameSpace {
+            store,
+            watchers,
+            spec: spec.clone(),
+        })
     }
 
-    /// Stores `value` under `key`; `owner` binds it to a connection.
-    pub fn store(&self, key: Term, value: Term, owner: Option<u64>) {
-        let mut names = self.lock();
-        names.notify(&key, Some(&value));
-        names.entries.insert(key, Entry { value, owner });
+    /// Where the names live.
+    pub fn spec(&self) -> &StoreSpec {
+        &self.spec
+    }
+
+    /// Stores `value` under `key`; `owner` (a [`MiddleMan::connection_id`]) binds it to
+    /// that connection, and then whoever made the owner-bound store must also
+    /// [`release`](NameSpace::release) it when the connection closes. Resolves once the
+    /// store is as durable as the backend makes it.
+    pub fn store(&self, key: Term, value: Term, owner: Option<Owner>) -> StoreFuture<()> {
+        self.store.store(key, value, owner)
     }
 
     /// The value under `key`.
-    pub fn lookup(&self, key: &Term) -> Option<Term> {
-        self.lock().entries.get(key).map(|e| e.value.clone())
+    pub fn lookup(&self, key: &Term) -> StoreFuture<Option<Term>> {
+        self.store.lookup(key.clone())
     }
 
-    /// Removes `key`; true whether or not it was there.
-    pub fn delete(&self, key: &Term) {
-        let mut names = self.lock();
-        if names.entries.remove(key).is_some() {
-            names.notify(key, None);
-        }
+    /// Removes `key` (also fine when it is absent).
+    pub fn delete(&self, key: &Term) -> StoreFuture<()> {
+        self.store.delete(key.clone())
     }
 
     /// Every key, in Erlang term order.
-    pub fn names(&self) -> Vec<Term> {
-        let mut keys: Vec<Term> = self.lock().entries.keys().cloned().collect();
-        keys.sort();
-        keys
+    pub fn names(&self) -> StoreFuture<Vec<Term>> {
+        self.store.names()
     }
 
-    fn watch(&self, key: Term, mm: &MiddleMan) {
-        self.lock()
-            .watchers
-            .entry(key)
-            .or_default()
-            .insert(mm.connection_id(), mm.clone());
+    /// `owner`'s connection closed: removes those of `keys` it still owns.
+    pub fn release(&self, owner: Owner, keys: Vec<Term>) -> StoreFuture<()> {
+        self.store.release(owner, keys)
     }
 
-    fn unwatch(&self, key: &Term, connection: u64) {
-        let mut names = self.lock();
-        if let Some(w) = names.watchers.get_mut(key) {
-            w.remove(&connection);
-            if w.is_empty() {
-                names.watchers.remove(key);
-            }
-        }
+    /// `mm`'s connection watches `key` from now on; resolves once changes by anyone
+    /// (other servers included) will reach it.
+    pub fn watch(&self, key: Term, mm: &MiddleMan) -> StoreFuture<()> {
+        self.watchers.watch(key, mm);
+        self.store.ready_to_watch()
     }
 
-    /// Forgets a closed connection: its owner-bound names and its watches.
-    fn disconnect(&self, connection: u64, owned: &HashSet<Term>, watched: &HashSet<Term>) {
-        let mut names = self.lock();
-        for key in owned {
-            if names
-                .entries
-                .get(key)
-                .is_some_and(|e| e.owner == Some(connection))
-            {
-                names.entries.remove(key);
-                names.notify(key, None);
-            }
-        }
-        for key in watched {
-            if let Some(w) = names.watchers.get_mut(key) {
-                w.remove(&connection);
-                if w.is_empty() {
-                    names.watchers.remove(key);
-                }
-            }
-        }
-    }
-}
-
-impl Names {
-    /// Pushes `{changed, Key, Answer}` to every watcher of `key`. Called with the lock
-    /// held, so every watcher sees changes in the order they were made; the push never
-    /// waits, and a watcher too slow to take it is closed rather than let it grow memory.
-    fn notify(&mut self, key: &Term, value: Option<&Term>) {
-        let Some(watchers) = self.watchers.get_mut(key) else {
-            return;
-        };
-        let change = Term::tuple([Term::atom("changed"), key.clone(), answer(value)]);
-        watchers.retain(|_, mm| match mm.try_send(change.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full) => {
-                tracing::warn!(peer = %mm.peer(), "watcher not reading its pushes; closing it");
-                mm.close();
-                false
-            }
-            Err(TrySendError::Closed) => false,
-        });
+    /// `connection` no longer watches `key`.
+    pub fn unwatch(&self, key: &Term, connection: u64) {
+        self.watchers.unwatch(key, connection);
     }
 }
 
@@ -216,9 +219,27 @@ pub struct NameServer {
 }
 
 impl NameServer {
-    /// A name server with an empty name space.
+    /// A name server with an empty name space in memory.
     pub fn new() -> NameServer {
         NameServer::default()
+    }
+
+    /// The name server for a `[[service]]` entry: its `store` key picks the name space.
+    ///
+    /// # Errors
+    /// The `store` value is bad, or the store cannot be opened (the message names the
+    /// file or URL).
+    pub fn open(config: &ServiceConfig) -> Result<NameServer, String> {
+        let spec = StoreSpec::parse(config.options.store.as_deref())?;
+        Ok(NameServer::with_space(Arc::new(NameSpace::open(
+            &spec,
+            &config.name,
+        )?)))
+    }
+
+    /// A name server on `space`.
+    pub fn with_space(space: Arc<NameSpace>) -> NameServer {
+        NameServer { space }
     }
 
     /// The name space, e.g. for other services that share it.
@@ -236,9 +257,12 @@ struct ConnectionState {
     watched: HashSet<Term>,
 }
 
+const TRUE: fn(()) -> Term = |()| Term::atom("true");
+
 impl ConnectionState {
-    /// Carries out `request` and returns its answer.
-    fn apply(&mut self, request: Request) -> Term {
+    /// Hands `request` to the store and returns its answer, to await. The request's
+    /// place among this connection's others is fixed by this call.
+    fn submit(&mut self, request: Request) -> StoreFuture<Term> {
         match request {
             Request::Store {
                 key,
@@ -249,24 +273,23 @@ impl ConnectionState {
                 if owner_bound {
                     self.owned.insert(key.clone());
                 }
-                self.space.store(key, value, owner);
-                Term::atom("true")
+                Box::pin(self.space.store(key, value, owner).map(|r| r.map(TRUE)))
             }
-            Request::Lookup(key) => answer(self.space.lookup(&key).as_ref()),
-            Request::Delete(key) => {
-                self.space.delete(&key);
-                Term::atom("true")
-            }
-            Request::Names => Term::list(self.space.names()),
+            Request::Lookup(key) => Box::pin(
+                self.space
+                    .lookup(&key)
+                    .map(|r| r.map(|v| store::answer(v.as_ref()))),
+            ),
+            Request::Delete(key) => Box::pin(self.space.delete(&key).map(|r| r.map(TRUE))),
+            Request::Names => Box::pin(self.space.names().map(|r| r.map(Term::list))),
             Request::Watch(key) => {
-                self.space.watch(key.clone(), &self.middle_man);
-                self.watched.insert(key);
-                Term::atom("true")
+                self.watched.insert(key.clone());
+                Box::pin(self.space.watch(key, &self.middle_man).map(|r| r.map(TRUE)))
             }
             Request::Unwatch(key) => {
                 self.space.unwatch(&key, self.middle_man.connection_id());
                 self.watched.remove(&key);
-                Term::atom("true")
+                Box::pin(std::future::ready(Ok(Term::atom("true"))))
             }
         }
     }
@@ -274,17 +297,41 @@ impl ConnectionState {
 
 impl Drop for ConnectionState {
     fn drop(&mut self) {
-        self.space
-            .disconnect(self.middle_man.connection_id(), &self.owned, &self.watched);
+        let connection = self.middle_man.connection_id();
+        for key in &self.watched {
+            self.space.unwatch(key, connection);
+        }
+        if !self.owned.is_empty() {
+            // Placed now, after everything this connection did; it takes effect without
+            // being awaited, and each store logs its own failures.
+            let owned = std::mem::take(&mut self.owned).into_iter().collect();
+            drop(self.space.release(connection, owned));
+        }
+    }
+}
+
+/// Answers `call` with the outcome of its request.
+fn answer_call(call: Call, outcome: Result<Term, StoreError>, mm: &MiddleMan) {
+    match outcome {
+        Ok(reply) => call.reply(reply),
+        Err(StoreError::BadTerm(e)) => {
+            tracing::info!(peer = %mm.peer(), error = %e, "name server refused a term");
+            call.bad_request();
+        }
+        Err(e) => {
+            tracing::warn!(peer = %mm.peer(), error = %e, "name server call failed");
+            call.fail(Term::atom("store_unavailable"));
+        }
     }
 }
 
 impl Service for NameServer {
     fn start(self: Arc<Self>, mut session: Session) -> HandlerFuture {
         Box::pin(async move {
+            let mm = session.middle_man().clone();
             let mut state = ConnectionState {
                 space: Arc::clone(&self.space),
-                middle_man: session.middle_man().clone(),
+                middle_man: mm.clone(),
                 owned: HashSet::new(),
                 watched: HashSet::new(),
             };
@@ -292,22 +339,47 @@ impl Service for NameServer {
                 match event {
                     Event::Call(call) => match Request::from_term(call.request()) {
                         Some(request) => {
-                            let reply = state.apply(request);
-                            call.reply(reply);
+                            let mut pending = state.submit(request);
+                            // The memory store is done already: answer without a task.
+                            match (&mut pending).now_or_never() {
+                                Some(outcome) => answer_call(call, outcome, &mm),
+                                None => {
+                                    let mm = mm.clone();
+                                    tokio::spawn(async move {
+                                        answer_call(call, pending.await, &mm);
+                                    });
+                                }
+                            }
                         }
                         None => call.bad_request(),
                     },
                     Event::Send(x) => match Request::from_term(&x) {
                         Some(request) => {
                             let answers = matches!(request, Request::Lookup(_) | Request::Names);
-                            let reply = state.apply(request);
-                            if answers && session.middle_man().send(reply).await.is_err() {
-                                break;
+                            let mut pending = state.submit(request);
+                            if answers {
+                                match pending.await {
+                                    Ok(reply) => {
+                                        if mm.send(reply).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(peer = %mm.peer(), error = %e, "name server send failed")
+                                    }
+                                }
+                            } else if (&mut pending).now_or_never().is_none() {
+                                let mm = mm.clone();
+                                tokio::spawn(async move {
+                                    if let Err(e) = pending.await {
+                                        tracing::warn!(peer = %mm.peer(), error = %e, "name server send failed");
+                                    }
+                                });
                             }
                         }
                         None => {
                             let shown = lib_chan_protocol::message::snippet(&x, 80);
-                            tracing::info!(peer = %session.middle_man().peer(), request = %shown, "name server ignored an unknown send");
+                            tracing::info!(peer = %mm.peer(), request = %shown, "name server ignored an unknown send");
                         }
                     },
                     Event::Closed => break,
@@ -348,22 +420,46 @@ mod tests {
         assert_eq!(p("{}"), None);
     }
 
+    /// The memory store answers at once: its futures are ready when returned.
+    fn now<T>(f: StoreFuture<T>) -> T {
+        f.now_or_never().expect("ready").expect("ok")
+    }
+
     #[test]
     fn keys_are_exact_terms_and_names_are_sorted() {
         let space = NameSpace::default();
-        space.store(Term::Int(1), term!(int), None);
-        space.store(Term::Float(1.0), term!(float), None);
-        space.store(term!(b), term!(x), None);
-        space.store(term!("a"), term!(y), None);
-        space.store(term!({ a }), term!(z), None);
-        assert_eq!(space.lookup(&Term::Int(1)), Some(term!(int)));
-        assert_eq!(space.lookup(&Term::Float(1.0)), Some(term!(float)));
+        now(space.store(Term::Int(1), term!(int), None));
+        now(space.store(Term::Float(1.0), term!(float), None));
+        now(space.store(term!(b), term!(x), None));
+        now(space.store(term!("a"), term!(y), None));
+        now(space.store(term!({ a }), term!(z), None));
+        assert_eq!(now(space.lookup(&Term::Int(1))), Some(term!(int)));
+        assert_eq!(now(space.lookup(&Term::Float(1.0))), Some(term!(float)));
         assert_eq!(
-            Term::list(space.names()).to_string(),
+            Term::list(now(space.names())).to_string(),
             r#"[1,1.0,b,{a},"a"]"#
         );
-        space.delete(&term!(b));
-        space.delete(&term!(never_there));
-        assert_eq!(space.lookup(&term!(b)), None);
+        now(space.delete(&term!(b)));
+        now(space.delete(&term!(never_there)));
+        assert_eq!(now(space.lookup(&term!(b))), None);
+    }
+
+    #[test]
+    fn a_file_name_space_keeps_its_names_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = StoreSpec::File(dir.path().join("names.redb"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let space = NameSpace::open(&spec, "nameServer").unwrap();
+            space.store(term!(joe), term!(1), None).await.unwrap();
+        });
+        rt.block_on(async {
+            let space = NameSpace::open(&spec, "nameServer").unwrap();
+            assert_eq!(space.lookup(&term!(joe)).await.unwrap(), Some(term!(1)));
+            assert_eq!(space.spec(), &spec);
+        });
     }
 }

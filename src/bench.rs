@@ -1,0 +1,333 @@
+//! `lib_chan bench`: load from the client side, with latency percentiles.
+//!
+//! Opens `--connections` channels and keeps `--pipeline` calls in flight on each for
+//! `--duration` seconds. Operations: `lookup` (of keys stored first), `store`, `echo`
+//! (for `mod_echo`), `connect` (connect + authenticate + one lookup + close, repeated:
+//! the reconnect rate), and `idle` (hold authenticated connections open, so a script
+//! can read the server's memory). `--json` prints one JSON object on the last line, for
+//! scripts such as `bench/compare.sh`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use lib_chan_client::{Channel, ConnectOptions};
+use lib_chan_protocol::Term;
+
+use crate::remote::{password, split_address, ConnectArgs, PasswordArgs};
+
+/// What each operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Op {
+    /// `{lookup, Key}` on a name server, for keys stored before the run.
+    Lookup,
+    /// `{store, Key, Value}` on a name server.
+    Store,
+    /// The value itself, on `mod_echo`.
+    Echo,
+    /// Connect, authenticate, one `{lookup, Key}`, close: repeated.
+    Connect,
+    /// Open `--connections` authenticated channels and hold them for `--duration`.
+    Idle,
+}
+
+/// Arguments of `bench`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// The server, HOST:PORT.
+    address: String,
+    /// The service, e.g. nameServer (or echo for --op echo).
+    service: String,
+    /// Connections (for --op connect: concurrent reconnecting clients).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Calls in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Seconds to run (after a one-second warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// The operation.
+    #[arg(long, value_enum, default_value_t = Op::Lookup)]
+    op: Op,
+    /// Bytes in each value (a binary).
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+    /// Distinct keys used.
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// Print one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    password: PasswordArgs,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// What one worker measured.
+#[derive(Debug, Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn error(&mut self, e: impl std::fmt::Display) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(e.to_string());
+        }
+    }
+}
+
+/// The connection details every worker shares.
+struct Target {
+    host: String,
+    port: u16,
+    service: String,
+    password: String,
+    options: ConnectOptions,
+}
+
+impl Target {
+    async fn connect(&self) -> Result<Channel, lib_chan_client::Error> {
+        self.options
+            .clone()
+            .connect(
+                &self.host,
+                self.port,
+                &self.service,
+                self.password.as_bytes(),
+                Term::nil(),
+            )
+            .await
+    }
+}
+
+fn key(i: usize) -> Term {
+    Term::tuple([Term::atom("key"), Term::Int(i as i64)])
+}
+
+pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    crate::init_logging("warn");
+    if args.connections == 0 || args.pipeline == 0 || args.keys == 0 {
+        bail!("--connections, --pipeline and --keys must be at least 1");
+    }
+    if !(args.duration > 0.0 && args.duration < 1e6) {
+        bail!("--duration must be a positive number of seconds");
+    }
+    let (host, port) = split_address(&args.address)?;
+    let (password, _) = password(&host, port, &args.service, args.password.file())?;
+    let target = Arc::new(Target {
+        host,
+        port,
+        service: args.service.clone(),
+        password,
+        options: args.connect.options()?,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(bench(args, target))
+}
+
+async fn bench(args: &BenchArgs, target: Arc<Target>) -> anyhow::Result<()> {
+    let duration = Duration::from_secs_f64(args.duration);
+    let value = Term::binary(vec![b'v'; args.value_size]);
+    if args.op == Op::Idle {
+        return idle(args, &target, duration).await;
+    }
+    // The channels, and the keys a lookup will find.
+    let mut channels = Vec::new();
+    if args.op != Op::Connect {
+        for _ in 0..args.connections {
+            channels.push(target.connect().await.context("connect")?);
+        }
+    }
+    if matches!(args.op, Op::Lookup | Op::Connect) {
+        let ch = target.connect().await.context("connect")?;
+        for i in 0..args.keys {
+            let store = Term::tuple([Term::atom("store"), key(i), value.clone()]);
+            ch.rpc(store).await.context("storing the keys to look up")?;
+        }
+        ch.close().await;
+    }
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    let worker_count = if args.op == Op::Connect {
+        args.connections
+    } else {
+        args.connections * args.pipeline
+    };
+    for w in 0..worker_count {
+        let channel = channels.get(w % channels.len().max(1)).cloned();
+        let (measuring, stop, counter) = (
+            Arc::clone(&measuring),
+            Arc::clone(&stop),
+            Arc::clone(&counter),
+        );
+        let (target, value, op, keys) = (Arc::clone(&target), value.clone(), args.op, args.keys);
+        workers.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let mut i = w * 7919;
+            while !stop.load(Ordering::Relaxed) {
+                i = i.wrapping_add(1);
+                let k = key(i % keys);
+                let started = Instant::now();
+                let result = match (op, &channel) {
+                    (Op::Lookup, Some(ch)) => ch
+                        .rpc(Term::tuple([Term::atom("lookup"), k]))
+                        .await
+                        .map(|_| ()),
+                    (Op::Store, Some(ch)) => ch
+                        .rpc(Term::tuple([Term::atom("store"), k, value.clone()]))
+                        .await
+                        .map(|_| ()),
+                    (Op::Echo, Some(ch)) => ch.rpc(value.clone()).await.map(|_| ()),
+                    _ => match target.connect().await {
+                        Ok(ch) => {
+                            let r = ch
+                                .rpc(Term::tuple([Term::atom("lookup"), k]))
+                                .await
+                                .map(|_| ());
+                            ch.close().await;
+                            r
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    match result {
+                        Ok(()) => {
+                            tally
+                                .latencies_us
+                                .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => tally.error(e),
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for w in workers {
+        let t = w.await.context("a bench worker panicked")?;
+        all.extend(t.latencies_us);
+        errors += t.errors;
+        first_error = first_error.or(t.first_error);
+    }
+    for ch in channels {
+        ch.close().await;
+    }
+    report(args, &mut all, errors, first_error, elapsed);
+    Ok(())
+}
+
+/// Holds `--connections` authenticated channels open for the duration.
+async fn idle(args: &BenchArgs, target: &Target, duration: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut channels = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let ch = target
+            .connect()
+            .await
+            .with_context(|| format!("connection {} of {}", i + 1, args.connections))?;
+        channels.push(ch);
+    }
+    let opened = started.elapsed();
+    // One line scripts can wait for before they read the server's memory.
+    println!(
+        "holding {} connections (opened in {:.1} s)",
+        channels.len(),
+        opened.as_secs_f64()
+    );
+    tokio::time::sleep(duration).await;
+    let mut errors = 0;
+    for ch in &channels {
+        if ch.is_closed() {
+            errors += 1;
+        }
+    }
+    if args.json {
+        println!(
+            "{{\"op\":\"idle\",\"connections\":{},\"open_seconds\":{:.3},\"ops\":0,\"ops_per_sec\":0,\"p50_us\":0,\"p99_us\":0,\"p999_us\":0,\"errors\":{errors}}}",
+            channels.len(),
+            opened.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[idx]
+}
+
+fn report(
+    args: &BenchArgs,
+    latencies: &mut [u32],
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+) {
+    latencies.sort_unstable();
+    let ops = latencies.len();
+    let ops_per_sec = ops as f64 / elapsed.as_secs_f64();
+    let (p50, p99, p999) = (
+        percentile(latencies, 0.50),
+        percentile(latencies, 0.99),
+        percentile(latencies, 0.999),
+    );
+    let op = format!("{:?}", args.op).to_lowercase();
+    println!(
+        "{op}: {} connections x {} in flight, {} B values: {ops} ops in {:.1} s = {ops_per_sec:.0} ops/s; latency p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs; {errors} errors",
+        args.connections,
+        args.pipeline,
+        args.value_size,
+        elapsed.as_secs_f64()
+    );
+    if let Some(e) = first_error {
+        println!("first error: {e}");
+    }
+    if args.json {
+        println!(
+            "{{\"op\":\"{op}\",\"connections\":{},\"pipeline\":{},\"value_size\":{},\"ops\":{ops},\"ops_per_sec\":{ops_per_sec:.1},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"errors\":{errors}}}",
+            args.connections, args.pipeline, args.value_size
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let v: Vec<u32> = (1..=1000).collect();
+        assert_eq!(percentile(&v, 0.5), 500);
+        assert_eq!(percentile(&v, 0.99), 990);
+        assert_eq!(percentile(&v, 0.999), 999);
+        assert_eq!(percentile(&[7], 0.999), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+}
