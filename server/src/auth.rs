@@ -140,6 +140,70 @@ fn verify_password_reusing_memory(phc: &str, password: &[u8]) -> bool {
             == 0
 }
 
+/// Credentials verified recently, so that a client reconnecting with a password the
+/// server has already checked does not pay for argon2 again.
+///
+/// Entries are HMAC-SHA256 tags of (service, stored hash, password) under a key drawn at
+/// start-up: the cache never holds a password, a changed hash (a config reload) misses
+/// naturally, and only successes are cached, so every wrong password still pays the
+/// full price.
+struct CredentialCache {
+    key: ring::hmac::Key,
+    entries: Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+}
+
+impl std::fmt::Debug for CredentialCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialCache").finish_non_exhaustive()
+    }
+}
+
+impl CredentialCache {
+    /// Entries kept at most; past it the oldest is dropped.
+    const CAPACITY: usize = 4096;
+    /// How long a verified credential is trusted without argon2.
+    const TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    fn new() -> CredentialCache {
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .expect("the system random generator works");
+        CredentialCache {
+            key,
+            entries: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn tag(&self, service: &str, phc: &str, password: &[u8]) -> [u8; 32] {
+        let mut ctx = ring::hmac::Context::with_key(&self.key);
+        for part in [service.as_bytes(), phc.as_bytes(), password] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    fn contains(&self, tag: &[u8; 32]) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(tag).is_some_and(|at| at.elapsed() < Self::TTL)
+    }
+
+    fn insert(&self, tag: [u8; 32]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::CAPACITY {
+            entries.retain(|_, at| at.elapsed() < Self::TTL);
+            if entries.len() >= Self::CAPACITY {
+                if let Some(oldest) = entries.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k) {
+                    entries.remove(&oldest);
+                }
+            }
+        }
+        entries.insert(tag, std::time::Instant::now());
+    }
+}
+
 /// The answer of a bounded password check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckOutcome {
@@ -175,6 +239,8 @@ struct CheckerInner {
     max_admitted: usize,
     /// A hash with the default parameters, verified for unknown services.
     dummy_hash: String,
+    /// Credentials verified recently.
+    verified: CredentialCache,
 }
 
 impl PasswordChecker {
@@ -207,14 +273,20 @@ impl PasswordChecker {
                 admitted: AtomicUsize::new(0),
                 max_admitted: concurrent.max(1) + queue,
                 dummy_hash: hash_password(b"lib_chan dummy password for unknown services"),
+                verified: CredentialCache::new(),
             }),
         }
     }
 
     /// Checks `password` against `phc`, or against the dummy hash when the service is
-    /// unknown (`phc` is `None`), which then always ends `Invalid`.
-    pub async fn check(&self, phc: Option<&str>, password: Vec<u8>) -> CheckOutcome {
+    /// unknown (`phc` is `None`), which then always ends `Invalid`. `service` keys the
+    /// cache of verified credentials.
+    pub async fn check(&self, service: &str, phc: Option<&str>, password: Vec<u8>) -> CheckOutcome {
         let inner = &self.inner;
+        let tag = phc.map(|phc| inner.verified.tag(service, phc, &password));
+        if tag.as_ref().is_some_and(|t| inner.verified.contains(t)) {
+            return CheckOutcome::Valid;
+        }
         if inner.admitted.fetch_add(1, Ordering::AcqRel) >= inner.max_admitted {
             inner.admitted.fetch_sub(1, Ordering::AcqRel);
             return CheckOutcome::Busy;
@@ -236,6 +308,9 @@ impl PasswordChecker {
             .unwrap_or(false);
         let matched = sent && rx.await.unwrap_or(false);
         if matched && known {
+            if let Some(tag) = tag {
+                inner.verified.insert(tag);
+            }
             CheckOutcome::Valid
         } else {
             CheckOutcome::Invalid
@@ -317,24 +392,45 @@ mod tests {
         let checker = PasswordChecker::new(1, 0);
         let h = hash_password(b"pw");
         assert_eq!(
-            checker.check(Some(&h), b"pw".to_vec()).await,
-            CheckOutcome::Valid
-        );
-        assert_eq!(
-            checker.check(Some(&h), b"no".to_vec()).await,
+            checker.check("s", Some(&h), b"no".to_vec()).await,
             CheckOutcome::Invalid
         );
         assert_eq!(
-            checker.check(None, b"pw".to_vec()).await,
+            checker.check("s", None, b"pw".to_vec()).await,
             CheckOutcome::Invalid
         );
         // One running, none may wait: a second concurrent check is refused.
         let (a, b) = tokio::join!(
-            checker.check(Some(&h), b"pw".to_vec()),
-            checker.check(Some(&h), b"pw".to_vec())
+            checker.check("s", Some(&h), b"pw".to_vec()),
+            checker.check("s", Some(&h), b"pw".to_vec())
         );
         let mut outcomes = [a, b];
         outcomes.sort_by_key(|o| *o as u8);
         assert_eq!(outcomes, [CheckOutcome::Valid, CheckOutcome::Busy]);
+    }
+
+    #[tokio::test]
+    async fn verified_credentials_skip_argon2_but_wrong_ones_never_do() {
+        let checker = PasswordChecker::new(1, 0);
+        let h = hash_password(b"pw");
+        assert_eq!(
+            checker.check("s", Some(&h), b"pw".to_vec()).await,
+            CheckOutcome::Valid
+        );
+        // Cached: answered even with no verification slot free (the queue is 0 and the
+        // one slot is taken by a wrong-password check running at the same time).
+        let (wrong, right) = tokio::join!(
+            checker.check("s", Some(&h), b"no".to_vec()),
+            checker.check("s", Some(&h), b"pw".to_vec())
+        );
+        assert_eq!(right, CheckOutcome::Valid);
+        assert_eq!(wrong, CheckOutcome::Invalid);
+        // Another service with the same hash and password is another credential; a
+        // changed hash misses; a wrong password is never cached.
+        let cache = &checker.inner.verified;
+        assert!(!cache.contains(&cache.tag("t", &h, b"pw")));
+        assert!(!cache.contains(&cache.tag("s", &hash_password(b"pw"), b"pw")));
+        assert!(!cache.contains(&cache.tag("s", &h, b"no")));
+        assert!(cache.contains(&cache.tag("s", &h, b"pw")));
     }
 }

@@ -164,7 +164,7 @@ where
                 // A start_service whose service or password has the wrong type is
                 // answered exactly like a wrong password, after the same work, so that
                 // the reply tells nothing about what the server checks first.
-                let _ = state.checker.check(None, Vec::new()).await;
+                let _ = state.checker.check("", None, Vec::new()).await;
                 protocol_error!(%peer, "start_service with a malformed service or password");
                 return Err(HandshakeFailure::Refused(ErrorReason::AuthFailed));
             }
@@ -192,6 +192,7 @@ where
                 let outcome = state
                     .checker
                     .check(
+                        &service,
                         entry.as_ref().map(|e| e.config.password_hash.as_str()),
                         password.0,
                     )

@@ -60,6 +60,9 @@ impl TlsSetupError {
     }
 }
 
+/// TLS sessions remembered for resumption.
+const SESSION_CACHE: usize = 16_384;
+
 /// The crypto provider lib_chan uses everywhere.
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -129,9 +132,11 @@ pub fn server_config(source: &TlsSource) -> Result<Arc<ServerConfig>, TlsSetupEr
         what: key_name,
         message: format!("holds no usable private key: {e}"),
     })?;
-    let config = ServerConfig::builder_with_provider(crypto_provider())
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
+    // TLS 1.3 session resumption: reconnecting clients skip the certificate signature.
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(Arc::new(config))
 }
