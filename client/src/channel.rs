@@ -332,7 +332,7 @@ impl Channel {
         let mut buf = BytesMut::with_capacity(128);
         self.shared
             .codec
-            .encode_term(&message.to_term(), &mut buf)
+            .encode_with(&mut buf, |out| message.encode_into(out))
             .map_err(|e| match e {
                 FrameError::TooLarge { len, max } => Error::Encode(format!(
                     "the frame would be {len} bytes, over the server's max_frame of {max}"

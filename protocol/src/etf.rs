@@ -220,7 +220,8 @@ fn term_len(term: &Term) -> usize {
         Term::List(items) => {
             if items.is_empty() {
                 1
-            } else if items.len() <= 0xFFFF && items.iter().all(|t| matches!(t, Term::Int(0..=255))) {
+            } else if items.len() <= 0xFFFF && items.iter().all(|t| matches!(t, Term::Int(0..=255)))
+            {
                 3 + items.len()
             } else {
                 6 + items.iter().map(term_len).sum::<usize>()
@@ -230,8 +231,40 @@ fn term_len(term: &Term) -> usize {
             let header = if items.len() <= 0xFF { 2 } else { 5 };
             header + items.iter().map(term_len).sum::<usize>()
         }
-        Term::Map(entries) => 5 + entries.iter().map(|(k, v)| term_len(k) + term_len(v)).sum::<usize>(),
+        Term::Map(entries) => {
+            5 + entries
+                .iter()
+                .map(|(k, v)| term_len(k) + term_len(v))
+                .sum::<usize>()
+        }
     }
+}
+
+/// Appends the encoding of the tuple `{tag, fields...}` (version byte included) without
+/// building it as a [`Term`]: the message wrappers (`{reply, Ref, Y}` and the like) on
+/// the hot path cost no allocation.
+///
+/// # Errors
+/// As [`encode`], for the fields.
+pub fn encode_tagged_into<B: BufMut>(
+    tag: &Atom,
+    fields: &[&Term],
+    out: &mut B,
+) -> Result<(), EncodeError> {
+    out.put_u8(VERSION);
+    let arity = fields.len() + 1;
+    if arity <= 0xFF {
+        out.put_u8(tag::SMALL_TUPLE);
+        out.put_u8(arity as u8);
+    } else {
+        out.put_u8(tag::LARGE_TUPLE);
+        out.put_u32(len_u32(arity)?);
+    }
+    encode_atom(tag, out);
+    for f in fields {
+        encode_term(f, out, 1)?;
+    }
+    Ok(())
 }
 
 fn len_u32(n: usize) -> Result<u32, EncodeError> {
@@ -740,12 +773,28 @@ mod tests {
     }
 
     #[test]
+    fn tagged_encoding_equals_the_tuple_encoding() {
+        let body = term!({ok, "writing a book"});
+        let mut out = Vec::new();
+        encode_tagged_into(
+            &Atom::new("reply").unwrap(),
+            &[&Term::Int(7), &body],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, encode(&term!({reply, 7, (body.clone())})).unwrap());
+    }
+
+    #[test]
     fn encoded_len_matches_the_encoding() {
         for t in [
             term!({store, joe, "writing a book"}),
             Term::list((0..300).map(Term::Int)),
             Term::tuple((0..300).map(|i| Term::Int(i * 1_000_000_007))),
-            Term::map([(term!(k), Term::Float(1.5)), (Term::binary(b"x"), Term::nil())]),
+            Term::map([
+                (term!(k), Term::Float(1.5)),
+                (Term::binary(b"x"), Term::nil()),
+            ]),
             Term::atom(&"é".repeat(200)),
             Term::Int(i64::MIN),
             Term::Int(-1),

@@ -86,9 +86,22 @@ impl FrameCodec {
     /// [`FrameError::Encode`] for a term ETF cannot hold, [`FrameError::TooLarge`] for one
     /// over the send limit.
     pub fn encode_term(&self, term: &Term, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.encode_with(dst, |out| etf::encode_into(term, out))
+    }
+
+    /// Appends one frame whose payload `write` produces in place, then writes its length.
+    /// On error `dst` is left as it was.
+    ///
+    /// # Errors
+    /// As [`FrameCodec::encode_term`].
+    pub fn encode_with(
+        &self,
+        dst: &mut BytesMut,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+    ) -> Result<(), FrameError> {
         let start = dst.len();
         dst.put_u32(0);
-        if let Err(e) = etf::encode_into(term, dst) {
+        if let Err(e) = write(dst) {
             dst.truncate(start);
             return Err(e.into());
         }

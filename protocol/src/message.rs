@@ -7,7 +7,8 @@
 
 use std::fmt;
 
-use crate::term::Term;
+use crate::etf::{self, EncodeError};
+use crate::term::{Atom, Term};
 
 /// A call or ping reference: a non-negative integer the client picks.
 pub type Ref = u64;
@@ -337,6 +338,21 @@ impl HandshakeReply {
 }
 
 impl ClientMessage {
+    /// Writes the message's ETF payload (version byte included) into `out`, without
+    /// building its wrapper tuple: what the client does for every call.
+    ///
+    /// # Errors
+    /// [`EncodeError`] when the caller's term cannot be encoded.
+    pub fn encode_into<B: bytes::BufMut>(&self, out: &mut B) -> Result<(), EncodeError> {
+        match self {
+            ClientMessage::Send(x) => etf::encode_tagged_into(&atom("send"), &[x], out),
+            ClientMessage::Call { id, body } => {
+                etf::encode_tagged_into(&atom("call"), &[&ref_term(*id), body], out)
+            }
+            other => etf::encode_into(&other.to_term(), out),
+        }
+    }
+
     const EXPECTED: &'static str = "{send, X}, {call, Ref, X}, {ping, Ref} or close";
 
     /// The frame's term.
@@ -375,7 +391,30 @@ impl ClientMessage {
     }
 }
 
+/// An atom that is always interned (see [`crate::Atom::new`]).
+fn atom(name: &str) -> Atom {
+    Atom::new(name).expect("a short atom")
+}
+
 impl ServerMessage {
+    /// Writes the message's ETF payload (version byte included) into `out`, without
+    /// building its wrapper tuple: what the middle man does for every reply.
+    ///
+    /// # Errors
+    /// [`EncodeError`] when the handler's term cannot be encoded.
+    pub fn encode_into<B: bytes::BufMut>(&self, out: &mut B) -> Result<(), EncodeError> {
+        match self {
+            ServerMessage::Send(y) => etf::encode_tagged_into(&atom("send"), &[y], out),
+            ServerMessage::Reply { id, body } => {
+                etf::encode_tagged_into(&atom("reply"), &[&ref_term(*id), body], out)
+            }
+            ServerMessage::CallError { id, reason } => {
+                etf::encode_tagged_into(&atom("error"), &[&ref_term(*id), reason], out)
+            }
+            other => etf::encode_into(&other.to_term(), out),
+        }
+    }
+
     const EXPECTED: &'static str =
         "{send, Y}, {reply, Ref, Y}, {error, Ref, Reason}, {pong, Ref}, close or {error, Reason}";
 
@@ -480,6 +519,18 @@ mod tests {
             assert_eq!(ClientMessage::from_term(&m.to_term()).unwrap(), m);
         }
         for m in [
+            ClientMessage::Send(term!(x)),
+            ClientMessage::Call {
+                id: 5,
+                body: term!({lookup, joe}),
+            },
+            ClientMessage::Close,
+        ] {
+            let mut direct = Vec::new();
+            m.encode_into(&mut direct).unwrap();
+            assert_eq!(direct, etf::encode(&m.to_term()).unwrap());
+        }
+        for m in [
             ServerMessage::Send(term!(hi)),
             ServerMessage::Reply {
                 id: 1,
@@ -495,6 +546,9 @@ mod tests {
             ServerMessage::Error(ErrorReason::Other(term!({weird, 1}))),
         ] {
             assert_eq!(ServerMessage::from_term(&m.to_term()).unwrap(), m);
+            let mut direct = Vec::new();
+            m.encode_into(&mut direct).unwrap();
+            assert_eq!(direct, etf::encode(&m.to_term()).unwrap());
         }
         for r in ErrorReason::NAMED.iter().map(|(r, _)| r) {
             assert_eq!(&ErrorReason::from_term(&r.to_term()), r);

@@ -23,7 +23,13 @@ impl Atom {
     pub const MAX_CHARS: usize = 255;
 
     /// Makes an atom, or `None` when `name` has more than [`Atom::MAX_CHARS`] characters.
+    ///
+    /// The atoms of the protocol and the built-in services are interned: making one
+    /// clones a shared pointer instead of allocating.
     pub fn new(name: &str) -> Option<Atom> {
+        if let Some(i) = COMMON_ATOMS.iter().position(|a| *a == name) {
+            return Some(INTERNED[i].clone());
+        }
         if name.len() > Self::MAX_CHARS && name.chars().count() > Self::MAX_CHARS {
             return None;
         }
@@ -35,6 +41,37 @@ impl Atom {
         &self.0
     }
 }
+
+/// Atoms common enough on the hot path to share one allocation each.
+const COMMON_ATOMS: [&str; 24] = [
+    "ok",
+    "error",
+    "true",
+    "false",
+    "undefined",
+    "call",
+    "reply",
+    "send",
+    "ping",
+    "pong",
+    "close",
+    "start_service",
+    "store",
+    "lookup",
+    "delete",
+    "names",
+    "watch",
+    "unwatch",
+    "changed",
+    "no_reply",
+    "busy",
+    "key",
+    "msg",
+    "apply",
+];
+
+static INTERNED: std::sync::LazyLock<Vec<Atom>> =
+    std::sync::LazyLock::new(|| COMMON_ATOMS.iter().map(|a| Atom(Arc::from(*a))).collect());
 
 impl fmt::Debug for Atom {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -432,6 +469,16 @@ mod tests {
         let c = Term::map([(term!(x), term!(1)), (term!(x), term!(2))]);
         assert_eq!(c.as_map().unwrap().len(), 1);
         assert_eq!(c.map_get(&term!(x)), Some(&term!(2)));
+    }
+
+    #[test]
+    fn common_atoms_share_one_allocation() {
+        let a = Atom::new("reply").unwrap();
+        let b = Atom::new("reply").unwrap();
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!(a.as_str(), "reply");
+        let c = Atom::new("uncommon").unwrap();
+        assert!(!Arc::ptr_eq(&c.0, &Atom::new("uncommon").unwrap().0));
     }
 
     #[test]

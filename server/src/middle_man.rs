@@ -283,7 +283,7 @@ where
     /// be sent (too large, NaN) becomes a call error rather than a broken connection.
     fn encode(&mut self, message: ServerMessage) {
         let codec = self.reader.decoder();
-        let Err(e) = codec.encode_term(&message.to_term(), &mut self.write_buf) else {
+        let Err(e) = codec.encode_with(&mut self.write_buf, |out| message.encode_into(out)) else {
             return;
         };
         tracing::warn!(peer = %self.middle_man.peer(), error = %e, "handler produced a frame that cannot be sent");
@@ -295,7 +295,7 @@ where
             id,
             reason: Term::atom("reply_too_large"),
         };
-        let _ = codec.encode_term(&fallback.to_term(), &mut self.write_buf);
+        let _ = codec.encode_with(&mut self.write_buf, |out| fallback.encode_into(out));
     }
 
     /// Writes `first` and every other outbound item already queued, with one flush.
