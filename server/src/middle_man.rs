@@ -30,8 +30,11 @@ use crate::stats::protocol_error;
 
 /// Events queued for the handler before the middle man stops reading the socket.
 const EVENT_QUEUE: usize = 64;
-/// Frames coalesced into one write at most.
+/// Outbound items encoded in one go at most, before the loop looks at input again.
 const MAX_BATCH: usize = 256;
+/// Bytes of encoded frames after which the middle man writes without waiting for the
+/// end of the batch.
+const FLUSH_AT: usize = 64 * 1024;
 /// How long the handler may run on after its channel closed before it is aborted.
 const HANDLER_EXIT_GRACE: Duration = Duration::from_secs(5);
 /// How long a closing connection waits for the client to close its side.
@@ -211,6 +214,13 @@ where
                         Err(reason) => break reason,
                     }
                 }
+                // Last, when nothing else is ready: write what the batch produced, so
+                // that a burst of pipelined calls is answered with one write.
+                () = std::future::ready(()), if !self.write_buf.is_empty() => {
+                    if let Err(WriteFailed(r)) = self.flush().await {
+                        break r;
+                    }
+                }
             }
         };
         Ended {
@@ -298,8 +308,10 @@ where
         let _ = codec.encode_with(&mut self.write_buf, |out| fallback.encode_into(out));
     }
 
-    /// Writes `first` and every other outbound item already queued, with one flush.
-    /// Returns true when the handler asked to close (the `close` frame is then written).
+    /// Encodes `first` and every other outbound item already queued. They are written
+    /// with the next flush: when nothing else is ready, or once [`FLUSH_AT`] bytes are
+    /// waiting. Returns true when the handler asked to close (the `close` frame is then
+    /// written and flushed).
     async fn write_outbound(&mut self, first: (Outbound, usize)) -> Result<bool, WriteFailed> {
         let mut item = Some(first);
         let mut closing = false;
@@ -334,14 +346,21 @@ where
         if closing {
             self.fail_in_flight("no_reply");
             self.encode(ServerMessage::Close);
+            self.flush().await?;
+        } else if self.write_buf.len() >= FLUSH_AT {
+            self.flush().await?;
         }
-        self.flush().await?;
         Ok(closing)
     }
 
+    /// Queues a frame the middle man answers itself (pong, busy); like every frame it
+    /// goes out with the next flush.
     async fn write_now(&mut self, message: ServerMessage) -> Result<(), WriteFailed> {
         self.encode(message);
-        self.flush().await
+        if self.write_buf.len() >= FLUSH_AT {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Writes the buffer and flushes TLS, within the write timeout.
