@@ -350,7 +350,14 @@ impl Writer<'_> {
                 // close() was called, or every handle is gone.
                 return close_sequence(wr, outgoing, &mut batch, close_frame).await;
             };
-            let written = match outgoing.try_recv() {
+            let mut next = outgoing.try_recv();
+            if next.is_err() {
+                // Let the other tasks that are ready (callers woken by the last batch of
+                // replies) queue their frames too, so that a burst goes out in one write.
+                tokio::task::yield_now().await;
+                next = outgoing.try_recv();
+            }
+            let written = match next {
                 // Nothing else queued: write the frame as it is, no copy.
                 Err(_) => write_and_flush(wr, &first).await,
                 Ok(second) => {

@@ -27,7 +27,7 @@ impl Atom {
     /// The atoms of the protocol and the built-in services are interned: making one
     /// clones a shared pointer instead of allocating.
     pub fn new(name: &str) -> Option<Atom> {
-        if let Some(i) = COMMON_ATOMS.iter().position(|a| *a == name) {
+        if let Some(i) = common_atom_index(name) {
             return Some(INTERNED[i].clone());
         }
         if name.len() > Self::MAX_CHARS && name.chars().count() > Self::MAX_CHARS {
@@ -69,6 +69,38 @@ const COMMON_ATOMS: [&str; 24] = [
     "msg",
     "apply",
 ];
+
+/// The index of `name` in [`COMMON_ATOMS`]: a `match`, which compiles to a switch on the
+/// length and a few comparisons, not a scan.
+fn common_atom_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "ok" => 0,
+        "error" => 1,
+        "true" => 2,
+        "false" => 3,
+        "undefined" => 4,
+        "call" => 5,
+        "reply" => 6,
+        "send" => 7,
+        "ping" => 8,
+        "pong" => 9,
+        "close" => 10,
+        "start_service" => 11,
+        "store" => 12,
+        "lookup" => 13,
+        "delete" => 14,
+        "names" => 15,
+        "watch" => 16,
+        "unwatch" => 17,
+        "changed" => 18,
+        "no_reply" => 19,
+        "busy" => 20,
+        "key" => 21,
+        "msg" => 22,
+        "apply" => 23,
+        _ => return None,
+    })
+}
 
 static INTERNED: std::sync::LazyLock<Vec<Atom>> =
     std::sync::LazyLock::new(|| COMMON_ATOMS.iter().map(|a| Atom(Arc::from(*a))).collect());
@@ -469,6 +501,14 @@ mod tests {
         let c = Term::map([(term!(x), term!(1)), (term!(x), term!(2))]);
         assert_eq!(c.as_map().unwrap().len(), 1);
         assert_eq!(c.map_get(&term!(x)), Some(&term!(2)));
+    }
+
+    #[test]
+    fn the_common_atom_index_matches_the_table() {
+        for (i, name) in COMMON_ATOMS.iter().enumerate() {
+            assert_eq!(common_atom_index(name), Some(i), "{name}");
+        }
+        assert_eq!(common_atom_index("okay"), None);
     }
 
     #[test]
