@@ -25,6 +25,8 @@ use crate::middle_man::linger_close;
 use crate::server::{ServerState, ServiceEntry};
 use crate::stats::protocol_error;
 
+/// The read buffer a connection starts with.
+const READ_BUFFER: usize = 1024;
 /// Pre-handshake pings answered on one connection at most.
 const MAX_PINGS: usize = 16;
 /// Extra room in the send limit over `max_frame`, so that a reply wrapping a value of
@@ -108,7 +110,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let codec = FrameCodec::new(HANDSHAKE_MAX_FRAME, state.limits.max_frame + SEND_MARGIN);
-    let mut reader = FramedRead::new(stream, codec);
+    // A small read buffer: it grows with bytes that arrive (pipelined calls, large
+    // values), and an idle connection, the common case, keeps only this much.
+    let mut reader = FramedRead::with_capacity(stream, codec, READ_BUFFER);
     match timeout_at(deadline, start_service(&mut reader, peer, state)).await {
         Ok(Ok((service, args_c))) => Ok(Authenticated {
             reader,

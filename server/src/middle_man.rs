@@ -32,6 +32,8 @@ use crate::stats::protocol_error;
 const EVENT_QUEUE: usize = 64;
 /// Outbound items encoded in one go at most, before the loop looks at input again.
 const MAX_BATCH: usize = 256;
+/// A read or write buffer grown past this is released once empty.
+const KEEP_BUFFER: usize = 256 * 1024;
 /// Bytes of encoded frames after which the middle man writes without waiting for the
 /// end of the batch.
 const FLUSH_AT: usize = 64 * 1024;
@@ -102,7 +104,8 @@ where
     let handler = tokio::spawn(setup.service.start(session));
     let mut conn = Connection {
         reader,
-        write_buf: BytesMut::with_capacity(4096),
+        // Allocated on the first write: idle connections hold no write buffer.
+        write_buf: BytesMut::new(),
         middle_man,
         out_rx,
         in_flight: HashSet::new(),
@@ -376,6 +379,15 @@ where
         };
         let result = tokio::time::timeout(self.limits.write_timeout, write).await;
         self.write_buf.clear();
+        // Give back what a burst of large answers made the buffers grow to.
+        if self.write_buf.capacity() > KEEP_BUFFER {
+            self.write_buf = BytesMut::new();
+        }
+        if self.reader.read_buffer().is_empty()
+            && self.reader.read_buffer().capacity() > KEEP_BUFFER
+        {
+            *self.reader.read_buffer_mut() = BytesMut::new();
+        }
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(WriteFailed(CloseReason::ClientGone(e.to_string()))),

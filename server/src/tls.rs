@@ -138,5 +138,8 @@ pub fn server_config(source: &TlsSource) -> Result<Arc<ServerConfig>, TlsSetupEr
         .with_single_cert(certs, key)?;
     // TLS 1.3 session resumption: reconnecting clients skip the certificate signature.
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    // One ticket per connection is enough to resume the next one, and each costs a
+    // cache entry.
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
