@@ -62,6 +62,9 @@ pub(crate) fn check_config(file: &Path) -> anyhow::Result<()> {
     for s in &config.services {
         println!("  service {} -> {} args {}", s.name, s.handler, s.args);
     }
+    if let Some(addr) = config.metrics_listen {
+        println!("  metrics http://{addr}/metrics");
+    }
     let l = &config.limits;
     println!(
         "  limits  max_frame {} max_connections {} handshake_timeout {:?} max_calls_in_flight {}",

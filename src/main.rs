@@ -3,10 +3,12 @@
 //!
 //! Each subcommand lives in its own module: [`serve`] (the server, with a working
 //! default), [`admin`] (gen-cert, hash-password, check-config), [`remote`] (rpc,
-//! cast, call and ping, the client side) and [`shell`] (an interactive session).
+//! cast, call and ping, the client side) and [`shell`] (an interactive session);
+//! [`hangup`] reloads `serve`'s config on SIGHUP.
 
 mod admin;
 mod bench;
+mod hangup;
 mod remote;
 mod serve;
 mod shell;

@@ -1,5 +1,5 @@
 //! `lib_chan serve`: find the config (or make the working default) and run the server
-//! until SIGINT or SIGTERM.
+//! until SIGINT or SIGTERM; SIGHUP reloads the config file ([`crate::hangup`]).
 //!
 //! It is a thin user of the embedding API (`Server::bind`, `Server::run`,
 //! `lib_chan_server::shutdown_signal`), as any program embedding a server would be.
@@ -36,6 +36,7 @@ pub(crate) fn serve(config: Option<PathBuf>, port: Option<u16>) -> anyhow::Resul
     let registry = lib_chan_services::registry();
     let found = find_config(config);
     let is_default = found.is_err();
+    let config_path = found.as_ref().ok().cloned();
     let mut config = match found {
         Ok(path) => {
             tracing::info!(config = %path.display(), "using config file");
@@ -57,7 +58,13 @@ pub(crate) fn serve(config: Option<PathBuf>, port: Option<u16>) -> anyhow::Resul
     runtime.block_on(async {
         let services: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
         let server = Server::bind(config, &registry).await?;
+        // Before the lines below: from then on a SIGHUP must reload, not kill.
+        crate::hangup::listen(server.reloader(), registry.clone(), config_path, port)?;
         let addr = server.local_addr();
+        if let Some(metrics) = server.metrics_addr() {
+            tracing::info!(addr = %metrics, "metrics endpoint listening (HTTP, /metrics)");
+            println!("metrics listening on {metrics}");
+        }
         tracing::info!(%addr, services = ?services, "lib_chan listening (TLS)");
         // One stable line on stdout for scripts and tests.
         println!("listening on {addr}");

@@ -4,20 +4,27 @@
 //! inside a `{packet, 4}` frame (PROTOCOL.md sections 2 and 3).
 //!
 //! # Layout
-//! - [`term`]: [`Term`], the Erlang term, with Erlang's equality and order.
+//! - [`term`](mod@term): [`Term`], the Erlang term, with Erlang's equality and order.
 //! - [`etf`]: the External Term Format encoder and the hardened decoder.
 //! - [`text`]: Erlang term syntax, parsed and printed as the Erlang shell does.
 //! - [`frame`]: [`FrameCodec`], the `{packet, 4}` codec for tokio.
 //! - [`message`]: the handshake and the message set as Rust enums.
+//! - [`serde_term`] (feature `serde`, on by default): the serde bridge, Rust structs and
+//!   enums to and from the terms an Erlang programmer would write ([`to_term`],
+//!   [`from_term`]).
 
 pub mod etf;
 pub mod frame;
 pub mod message;
+#[cfg(feature = "serde")]
+pub mod serde_term;
 pub mod term;
 pub mod text;
 
 pub use etf::{decode, encode, encode_into, DecodeError};
 pub use frame::{FrameCodec, FrameError, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME};
+#[cfg(feature = "serde")]
+pub use serde_term::{from_term, from_term_borrowed, to_term, TermError};
 pub use term::{Atom, Term};
 pub use text::{parse, TextError};
 

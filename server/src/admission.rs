@@ -75,7 +75,7 @@ pub enum Outcome {
 }
 
 /// Penalty settings (the `[limits] penalty_*` keys).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PenaltyPolicy {
     /// Added per authentication failure (OpenSSH `authfail`, 5 s).
     pub auth_failed: Duration,
@@ -127,7 +127,7 @@ pub fn in_network(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
 }
 
 /// Admission settings (the `[limits]` keys of the same names).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdmissionPolicy {
     /// Unauthenticated connections at which random early drop starts (default 64).
     pub unauth_drop_start: usize,

@@ -6,7 +6,7 @@
 //! `lib_chan:start_server(Conf)`), with [`Config::new`] and its public fields.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -212,6 +212,9 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// Limits and deadlines (`[limits]`).
     pub limits: Limits,
+    /// Where the Prometheus metrics endpoint listens (`[metrics] listen`, e.g.
+    /// `127.0.0.1:9464`; port 0 picks a free one); `None` (the default): no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -224,6 +227,7 @@ impl Config {
             tls,
             services: Vec::new(),
             limits: Limits::default(),
+            metrics_listen: None,
         }
     }
 
@@ -298,6 +302,16 @@ impl Config {
                 })
             }
         };
+        let metrics_listen = match &raw.metrics {
+            Some(m) => Some(m.listen.get_ref().parse().map_err(|_| {
+                doc.error(
+                    m.listen.span(),
+                    "metrics.listen",
+                    "not an address and port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"",
+                )
+            })?),
+            None => None,
+        };
         let mut services = Vec::new();
         for (i, s) in raw.service.iter().enumerate() {
             services.push(s.validate(&doc, i, registry, &services, base)?);
@@ -309,6 +323,7 @@ impl Config {
             tls,
             services,
             limits,
+            metrics_listen,
         })
     }
 
@@ -425,8 +440,16 @@ struct RawConfig {
     bind: Option<Spanned<String>>,
     tls: Option<RawTls>,
     limits: Option<RawLimits>,
+    metrics: Option<RawMetrics>,
     #[serde(default)]
     service: Vec<RawService>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -824,6 +847,13 @@ args = "notUsed"
         assert_eq!(c.port, 1234);
         assert_eq!(c.bind.to_string(), "127.0.0.1");
         assert_eq!(c.services[0].args, Term::atom("notUsed"));
+        assert_eq!(c.metrics_listen, None);
+        let with_metrics =
+            parse(&format!("{}\n[metrics]\nlisten = \"[::1]:9464\"\n", good())).unwrap();
+        assert_eq!(
+            with_metrics.metrics_listen,
+            Some("[::1]:9464".parse().unwrap())
+        );
         match c.tls {
             TlsSource::Files { cert, .. } => assert_eq!(cert, dir().join("server.pem")),
             other => panic!("{other:?}"),
@@ -908,6 +938,18 @@ args = "notUsed"
                 15,
                 "limits.max_frame",
                 "from 4096",
+            ),
+            (
+                format!("{g}\n[metrics]\nlisten = \"127.0.0.1\"\n"),
+                15,
+                "metrics.listen",
+                "address and port",
+            ),
+            (
+                format!("{g}\n[metrics]\nlisten = \"127.0.0.1:9464\"\nport = 1\n"),
+                16,
+                "port",
+                "unknown field",
             ),
         ];
         for (text, line, key, words) in cases {

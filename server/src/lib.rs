@@ -7,12 +7,15 @@
 //! - [`devcert`]: development certificates (a CA and a server certificate).
 //! - [`admission`]: who may start a handshake: caps, random early drop, penalties.
 //! - [`stats`]: close reasons counted, protocol-error logs rate-limited.
+//! - [`metrics`]: per-service counters (atomics) and the optional Prometheus endpoint.
 //! - [`auth`]: argon2id password hashes, their policy, bounded verification.
 //! - [`registry`]: handler names to the code that makes services.
 //! - [`handler`]: the API service authors write against ([`Service`], [`Session`], ...).
 //! - `handshake`: TLS and `start_service`, under deadlines.
 //! - `middle_man`: one task per connection between the socket and the handler.
 //! - [`server`]: binding, the accept loop and graceful shutdown.
+//! - [`reload`]: a new config validated and swapped in while the server runs (SIGHUP
+//!   in `lib_chan serve`), revoking the connections it invalidates.
 //! - [`signal`]: [`shutdown_signal`], SIGINT or SIGTERM, for [`Server::run`].
 //!
 //! # Example
@@ -32,7 +35,8 @@
 //! [`TlsSource::Pem`], [`ServiceConfig::new`] with a hash from [`auth::hash_password`]),
 //! register its own [`Service`] types in a [`Registry`], then [`Server::bind`] (port 0
 //! picks a free port; [`Server::local_addr`] says which) and [`Server::spawn`] it on its
-//! own tokio runtime. The [`ServerHandle`] gives the address and shuts the server down.
+//! own tokio runtime. The [`ServerHandle`] gives the address, shuts the server down, and
+//! [`reload`](ServerHandle::reload)s a new [`Config`] while it runs.
 //! `examples/embedded` in the repository is a whole program doing this.
 
 pub mod admission;
@@ -41,8 +45,10 @@ pub mod config;
 pub mod devcert;
 pub mod handler;
 mod handshake;
+pub mod metrics;
 mod middle_man;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod signal;
 pub mod stats;
@@ -52,5 +58,6 @@ pub use config::{Config, ConfigError, Limits, ServiceConfig, ServiceOptions, Tls
 pub use handler::{Call, Event, HandlerFuture, MiddleMan, Service, Session};
 pub use middle_man::CloseReason;
 pub use registry::Registry;
+pub use reload::{ReloadSummary, Reloader};
 pub use server::{Server, ServerHandle, StartError};
 pub use signal::shutdown_signal;

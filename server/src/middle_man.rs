@@ -9,7 +9,7 @@
 //! each unanswered call still gets `{error, Ref, Reason}` before `close`. Connection-level
 //! errors end with `{error, Reason}` and the lingering close of PROTOCOL.md section 6.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::handler::{Call, Event, MiddleMan, Outbound, Service, Session};
+use crate::metrics::ServiceMetrics;
 use crate::stats::protocol_error;
 
 /// Events queued for the handler before the middle man stops reading the socket.
@@ -85,6 +86,11 @@ pub(crate) struct Setup {
     pub(crate) peer: std::net::SocketAddr,
     pub(crate) limits: Arc<Limits>,
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when a config reload revokes the service or password this connection
+    /// authenticated with: the connection ends with `{error, revoked}`.
+    pub(crate) revoked: CancellationToken,
+    /// The service's counters (atomics only).
+    pub(crate) metrics: Arc<ServiceMetrics>,
 }
 
 /// Runs one connection from the welcome to the close, and says why it ended.
@@ -108,11 +114,16 @@ where
         write_buf: BytesMut::new(),
         middle_man,
         out_rx,
-        in_flight: HashSet::new(),
+        in_flight: HashMap::new(),
         limits: setup.limits,
+        metrics: setup.metrics,
     };
-    let reason = conn.serve(&events_tx, handler, setup.shutdown).await;
-    conn.finish(reason, events_tx).await
+    let reason = conn
+        .serve(&events_tx, handler, setup.shutdown, setup.revoked)
+        .await;
+    // Boxed: the closing sequence is large and runs once; inline, its state would be
+    // part of every connection's task allocation for the connection's whole life.
+    Box::pin(conn.finish(reason, events_tx)).await
 }
 
 struct Connection<S> {
@@ -121,9 +132,10 @@ struct Connection<S> {
     write_buf: BytesMut,
     middle_man: MiddleMan,
     out_rx: mpsc::UnboundedReceiver<(Outbound, usize)>,
-    /// Calls handed to the handler and not yet answered.
-    in_flight: HashSet<Ref>,
+    /// Calls handed to the handler and not yet answered, with when each arrived.
+    in_flight: HashMap<Ref, std::time::Instant>,
     limits: Arc<Limits>,
+    metrics: Arc<ServiceMetrics>,
 }
 
 /// What ended the main loop, with what is needed to finish.
@@ -144,6 +156,7 @@ where
         events_tx: &mpsc::Sender<Event>,
         mut handler: JoinHandle<()>,
         shutdown: CancellationToken,
+        revoked: CancellationToken,
     ) -> Ended {
         // An event read from the socket that the handler's queue has no room for yet.
         // While it waits, the socket is not read: backpressure reaches the client.
@@ -154,6 +167,9 @@ where
         tokio::pin!(idle);
         let drain = sleep_until(Instant::now() + far);
         tokio::pin!(drain);
+        // Made once, so that waiting on it costs a poll per loop and no registration.
+        let revoked = revoked.cancelled_owned();
+        tokio::pin!(revoked);
         // Set once the connection is winding down (the client sent `close`, or the
         // server is shutting down): nothing more is read, calls in flight are still
         // answered until `shutdown_grace`, then the connection ends for this reason.
@@ -200,6 +216,8 @@ where
                 () = &mut drain, if draining.is_some() => {
                     break draining.take().unwrap_or(CloseReason::Shutdown);
                 }
+                // A config reload removed the service or changed its password: end now.
+                () = &mut revoked => break CloseReason::Protocol(ErrorReason::Revoked),
                 () = &mut idle, if idle_timeout.is_some() => {
                     break CloseReason::Protocol(ErrorReason::IdleTimeout);
                 }
@@ -240,7 +258,10 @@ where
     ) -> Result<Option<Event>, CloseReason> {
         let payload = match frame {
             None => return Err(CloseReason::ClientGone("end of stream".into())),
-            Some(Ok(p)) => p,
+            Some(Ok(p)) => {
+                self.metrics.received(p.len() + 4);
+                p
+            }
             Some(Err(FrameError::TooLarge { .. })) => {
                 return Err(CloseReason::Protocol(ErrorReason::FrameTooLarge))
             }
@@ -262,7 +283,8 @@ where
         match message {
             ClientMessage::Send(x) => Ok(Some(Event::Send(x))),
             ClientMessage::Call { id, body } => {
-                if self.in_flight.contains(&id) {
+                self.metrics.call_received();
+                if self.in_flight.contains_key(&id) {
                     protocol_error!(peer = %self.middle_man.peer(), id, "call reuses a ref still in flight");
                     return Err(CloseReason::Protocol(ErrorReason::BadMessage));
                 }
@@ -275,7 +297,7 @@ where
                     .map_err(|WriteFailed(r)| r)?;
                     return Ok(None);
                 }
-                self.in_flight.insert(id);
+                self.in_flight.insert(id, std::time::Instant::now());
                 Ok(Some(Event::Call(Call::new(
                     id,
                     body,
@@ -327,13 +349,15 @@ where
             match o {
                 Outbound::Push(y, _permit) => self.encode(ServerMessage::Send(y)),
                 Outbound::Reply(id, body) => {
-                    if self.in_flight.remove(&id) {
+                    if let Some(arrived) = self.in_flight.remove(&id) {
                         self.encode(ServerMessage::Reply { id, body });
+                        self.metrics.call_answered(arrived.elapsed());
                     }
                 }
                 Outbound::CallError(id, reason) => {
-                    if self.in_flight.remove(&id) {
+                    if let Some(arrived) = self.in_flight.remove(&id) {
                         self.encode(ServerMessage::CallError { id, reason });
+                        self.metrics.call_answered(arrived.elapsed());
                     }
                 }
                 Outbound::Close => {
@@ -378,6 +402,9 @@ where
             stream.flush().await
         };
         let result = tokio::time::timeout(self.limits.write_timeout, write).await;
+        if matches!(result, Ok(Ok(()))) {
+            self.metrics.sent(self.write_buf.len());
+        }
         self.write_buf.clear();
         // Give back what a burst of large answers made the buffers grow to.
         if self.write_buf.capacity() > KEEP_BUFFER {
@@ -399,7 +426,7 @@ where
 
     /// Answers every call still in flight with `{error, Ref, Reason}`.
     fn fail_in_flight(&mut self, reason: &str) {
-        let mut ids: Vec<Ref> = self.in_flight.drain().collect();
+        let mut ids: Vec<Ref> = self.in_flight.drain().map(|(id, _)| id).collect();
         ids.sort_unstable();
         for id in ids {
             self.encode(ServerMessage::CallError {

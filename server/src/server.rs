@@ -9,6 +9,10 @@
 //! Shutdown uses a `CancellationToken` to tell every connection and a `TaskTracker` to
 //! wait for them (the pattern of tokio's shutdown guide). Errors in one connection are
 //! logged inside its task and never reach the accept loop.
+//!
+//! What connections read (services, TLS, per-connection limits) is one generation,
+//! `ServerState`, which [`reload`](crate::reload) may replace while the server runs;
+//! the accept loop reads the current one once per connection.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lib_chan_protocol::message::ErrorReason;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,8 +34,10 @@ use crate::auth::PasswordChecker;
 use crate::config::{Config, ConfigError, Limits, ServiceConfig};
 use crate::handler::Service;
 use crate::handshake::{authenticate, handshake, HandshakeFailure};
+use crate::metrics::{self, AuthResult, Metrics};
 use crate::middle_man::{self, Setup};
 use crate::registry::Registry;
+use crate::reload::{build_services, Live, ReloadSummary, Reloader};
 use crate::stats::{protocol_error, Stats, StatsSnapshot};
 use crate::tls::{self, TlsSetupError};
 
@@ -38,9 +45,13 @@ use crate::tls::{self, TlsSetupError};
 pub(crate) struct ServiceEntry {
     pub(crate) config: ServiceConfig,
     pub(crate) service: Arc<dyn Service>,
+    /// Cancelled when a reload drops this entry (service removed or changed, password
+    /// hash changed); each of its connections holds a child token.
+    pub(crate) revoked: CancellationToken,
 }
 
-/// What every connection task shares.
+/// What every connection task shares: one generation of the configuration (services,
+/// TLS, limits) with the parts that outlive reloads (checker, admission, counters).
 pub(crate) struct ServerState {
     pub(crate) limits: Arc<Limits>,
     pub(crate) acceptor: TlsAcceptor,
@@ -48,6 +59,7 @@ pub(crate) struct ServerState {
     pub(crate) checker: PasswordChecker,
     pub(crate) admission: Arc<Admission>,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The server could not start.
@@ -89,9 +101,12 @@ pub enum StartError {
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
-    state: Arc<ServerState>,
+    live: Arc<Live>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The Prometheus endpoint's listener, when `[metrics] listen` is set.
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Server {
@@ -111,20 +126,12 @@ impl Server {
         config.validate(registry)?;
         check_fd_limit(config.limits.max_connections)?;
         let tls_config = tls::server_config(&config.tls)?;
-        let mut services = HashMap::new();
-        for sc in &config.services {
-            let service = registry.make(sc).map_err(|message| StartError::Service {
-                name: sc.name.clone(),
-                message,
-            })?;
-            services.insert(
-                sc.name.clone(),
-                Arc::new(ServiceEntry {
-                    config: sc.clone(),
-                    service,
-                }),
-            );
-        }
+        let services = build_services(
+            &config.services,
+            registry,
+            &HashMap::new(),
+            &mut ReloadSummary::default(),
+        )?;
         let addr = SocketAddr::new(config.bind, config.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -136,20 +143,37 @@ impl Server {
             addr,
             error: source,
         })?;
-        let limits = config.limits;
+        let (metrics_listener, metrics_addr) = match config.metrics_listen {
+            Some(addr) => {
+                let bind_error = |error| StartError::Bind { addr, error };
+                let l = TcpListener::bind(addr).await.map_err(bind_error)?;
+                let bound = l.local_addr().map_err(bind_error)?;
+                (Some(l), Some(bound))
+            }
+            None => (None, None),
+        };
+        let limits = config.limits.clone();
         let checker = PasswordChecker::new(limits.max_password_checks, limits.password_check_queue);
         let admission = Arc::new(Admission::new(limits.admission.clone()));
+        let metrics = Arc::new(Metrics::default());
+        for name in services.keys() {
+            metrics.service(name);
+        }
+        let state = ServerState {
+            limits: Arc::new(limits),
+            acceptor: TlsAcceptor::from(tls_config),
+            services,
+            checker,
+            admission,
+            stats: Arc::new(Stats::default()),
+            metrics,
+        };
         Ok(Server {
-            state: Arc::new(ServerState {
-                limits: Arc::new(limits),
-                acceptor: TlsAcceptor::from(tls_config),
-                services,
-                checker,
-                admission,
-                stats: Arc::new(Stats::default()),
-            }),
+            live: Arc::new(Live::new(state, config)),
             listener,
             local_addr,
+            metrics_listener,
+            metrics_addr,
         })
     }
 
@@ -158,19 +182,42 @@ impl Server {
         self.local_addr
     }
 
+    /// The address of the Prometheus endpoint (`[metrics] listen`), when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The server's counters (shared: they keep counting while it runs).
     pub fn stats(&self) -> Arc<Stats> {
-        Arc::clone(&self.state.stats)
+        Arc::clone(&self.live.load().stats)
+    }
+
+    /// A handle that reloads this server's configuration while it runs (see
+    /// [`Reloader::reload`]); take it before [`run`](Server::run).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            live: Arc::clone(&self.live),
+        }
     }
 
     /// Serves until `shutdown` resolves, then shuts down gracefully and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
-            state, listener, ..
+            live,
+            listener,
+            metrics_listener,
+            ..
         } = self;
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let connections = Arc::new(Semaphore::new(state.limits.max_connections));
+        let first = live.load();
+        if let Some(l) = metrics_listener {
+            let (m, s) = (Arc::clone(&first.metrics), Arc::clone(&first.stats));
+            tracker.spawn(metrics::serve(l, m, s, token.child_token()));
+        }
+        // Sized once: max_connections needs a restart to change.
+        let connections = Arc::new(Semaphore::new(first.limits.max_connections));
+        drop(first);
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(10);
         loop {
@@ -179,6 +226,8 @@ impl Server {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         backoff = Duration::from_millis(10);
+                        // The current generation, read once for this connection.
+                        let state = live.load();
                         state.stats.accepted();
                         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
                             state.stats.count_close("refused_max_connections");
@@ -194,7 +243,7 @@ impl Server {
                             }
                         };
                         configure_socket(&tcp, state.limits.tcp_keepalive);
-                        tracker.spawn(connection(tcp, peer, Arc::clone(&state), token.child_token(), permit, ticket));
+                        tracker.spawn(connection(tcp, peer, state, token.child_token(), permit, ticket));
                     }
                     Err(e) if is_per_connection(&e) => {}
                     Err(e) => {
@@ -210,7 +259,7 @@ impl Server {
         tracing::info!(open = tracker.len(), "shutting down: no longer accepting");
         token.cancel();
         tracker.close();
-        let bound = state.limits.shutdown_grace + middle_man::LINGER * 3;
+        let bound = live.load().limits.shutdown_grace + middle_man::LINGER * 3;
         if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
             tracing::warn!(
                 open = tracker.len(),
@@ -229,12 +278,13 @@ impl Server {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let state = &self.state;
+        let state = self.live.load();
         let deadline = tokio::time::Instant::now() + state.limits.handshake_timeout;
-        let auth = match authenticate(stream, peer, state, deadline).await {
+        let auth = match authenticate(stream, peer, &state, deadline).await {
             Ok(auth) => auth,
             Err(failure) => return failure.code(),
         };
+        let service_metrics = state.metrics.service(&auth.service.config.name);
         let setup = Setup {
             service: Arc::clone(&auth.service.service),
             service_name: auth.service.config.name.clone(),
@@ -243,6 +293,8 @@ impl Server {
             peer,
             limits: Arc::clone(&state.limits),
             shutdown: CancellationToken::new(),
+            revoked: auth.service.revoked.child_token(),
+            metrics: service_metrics,
         };
         middle_man::run(auth.reader, setup).await.code()
     }
@@ -251,14 +303,18 @@ impl Server {
     pub fn spawn(self) -> ServerHandle {
         let token = CancellationToken::new();
         let local_addr = self.local_addr;
+        let metrics_addr = self.metrics_addr;
         let stats = self.stats();
+        let reloader = self.reloader();
         let stop = token.clone();
         let task = tokio::spawn(async move { self.run(stop.cancelled_owned()).await });
         ServerHandle {
             local_addr,
+            metrics_addr,
             token,
             task: Some(task),
             stats,
+            reloader,
         }
     }
 }
@@ -267,9 +323,11 @@ impl Server {
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     token: CancellationToken,
     task: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
+    reloader: Reloader,
 }
 
 impl ServerHandle {
@@ -278,9 +336,34 @@ impl ServerHandle {
         self.local_addr
     }
 
+    /// The address of the Prometheus endpoint (`[metrics] listen`), when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The server's counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// The metrics as the Prometheus endpoint would serve them (text format 0.0.4),
+    /// with or without an endpoint configured.
+    pub fn metrics_text(&self) -> String {
+        let state = self.reloader.live.load();
+        state.metrics.render(&state.stats.snapshot())
+    }
+
+    /// Swaps in a new configuration while the server runs: see [`Reloader::reload`].
+    ///
+    /// # Errors
+    /// [`StartError`] saying what is wrong with `config`; the old config stays in force.
+    pub fn reload(&self, config: Config, registry: &Registry) -> Result<ReloadSummary, StartError> {
+        self.reloader.reload(config, registry)
+    }
+
+    /// A handle for reloading from elsewhere (e.g. a signal handler task).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Starts a graceful shutdown without waiting for it.
@@ -365,16 +448,28 @@ async fn connection(
     let _open = state.stats.opened();
     protocol_error!(%peer, "connection opened");
     let auth = tokio::select! {
-        result = handshake(tcp, peer, &state) => result,
+        // Boxed: its state (TLS accept, the first frame) is freed once it is done,
+        // instead of staying part of this task's allocation for the connection's life.
+        result = Box::pin(handshake(tcp, peer, &state)) => result,
         () = token.cancelled() => Err(HandshakeFailure::Gone("server shutting down".into())),
     };
     let auth = match auth {
         Ok(auth) => {
             ticket.finish(Outcome::Clean);
+            state.metrics.auth(AuthResult::Ok);
             auth
         }
         Err(failure) => {
             ticket.finish(failure.outcome());
+            match &failure {
+                HandshakeFailure::Refused(ErrorReason::AuthFailed) => {
+                    state.metrics.auth(AuthResult::Failed);
+                }
+                HandshakeFailure::Refused(ErrorReason::Busy) => {
+                    state.metrics.auth(AuthResult::Busy);
+                }
+                _ => {}
+            }
             state.stats.count_close(&failure.code());
             protocol_error!(%peer, reason = %failure.code(), detail = failure.detail(), "closed before authentication");
             return;
@@ -382,6 +477,8 @@ async fn connection(
     };
     let _authenticated = state.stats.authenticated();
     let service_name = auth.service.config.name.clone();
+    let service_metrics = state.metrics.service(&service_name);
+    let _connected = service_metrics.connected();
     let setup = Setup {
         service: Arc::clone(&auth.service.service),
         service_name: service_name.clone(),
@@ -390,6 +487,8 @@ async fn connection(
         peer,
         limits: Arc::clone(&state.limits),
         shutdown: token,
+        revoked: auth.service.revoked.child_token(),
+        metrics: service_metrics,
     };
     let reason = middle_man::run(auth.reader, setup).await;
     state.stats.count_close(&reason.code());

@@ -225,10 +225,13 @@ impl AllowList {
 /// factory [`publish`](NameSpaces::publish)es each one it makes, and `mod_rpc` looks its
 /// one up at call time. Cheap to clone; clones share the map.
 ///
-/// It holds weak references, so a name space lives only as long as its service.
+/// It holds weak references, so a name space lives only as long as its service. A name
+/// keeps every space published under it that is still alive, and answers the newest: a
+/// config reload that makes a name server anew and is then refused (another entry is
+/// bad) drops the new one, and the running one answers again.
 #[derive(Clone, Default)]
 pub struct NameSpaces {
-    spaces: Arc<Mutex<HashMap<String, Weak<NameSpace>>>>,
+    spaces: Arc<Mutex<HashMap<String, Vec<Weak<NameSpace>>>>>,
 }
 
 impl fmt::Debug for NameSpaces {
@@ -239,21 +242,29 @@ impl fmt::Debug for NameSpaces {
 }
 
 impl NameSpaces {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Weak<NameSpace>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Weak<NameSpace>>>> {
         // Every change is one map operation, so a panic elsewhere cannot leave it torn.
         self.spaces.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `space` the name space of `service`, replacing an earlier one (as when a
-    /// server is started again with the same registry).
+    /// Makes `space` the name space of `service`, in place of earlier ones while it
+    /// lives (as when a server is started again with the same registry, or a reload
+    /// makes the service anew).
     pub fn publish(&self, service: &str, space: &Arc<NameSpace>) {
-        self.lock()
-            .insert(service.to_owned(), Arc::downgrade(space));
+        let mut spaces = self.lock();
+        let published = spaces.entry(service.to_owned()).or_default();
+        published.retain(|w| w.strong_count() > 0);
+        published.push(Arc::downgrade(space));
     }
 
-    /// The name space of `service`, if a name server by that name is running.
+    /// The name space of `service`, if a name server by that name is running: the one
+    /// published last of those still alive.
     pub fn get(&self, service: &str) -> Option<Arc<NameSpace>> {
-        self.lock().get(service).and_then(Weak::upgrade)
+        self.lock()
+            .get(service)?
+            .iter()
+            .rev()
+            .find_map(Weak::upgrade)
     }
 }
 
@@ -615,5 +626,31 @@ mod tests {
         // The map does not keep a name space alive after its service is gone.
         drop(space);
         assert!(spaces.get("nameServer").is_none());
+    }
+
+    /// A reload that makes a name server anew and is refused drops the new one: the
+    /// running one answers again. One that succeeds makes the new one answer.
+    #[test]
+    fn the_newest_live_name_space_answers() {
+        let spaces = NameSpaces::default();
+        let running = Arc::new(NameSpace::default());
+        spaces.publish("nameServer", &running);
+        let refused = Arc::new(NameSpace::default());
+        spaces.publish("nameServer", &refused);
+        assert!(Arc::ptr_eq(&spaces.get("nameServer").unwrap(), &refused));
+        drop(refused);
+        assert!(Arc::ptr_eq(&spaces.get("nameServer").unwrap(), &running));
+        let replacement = Arc::new(NameSpace::default());
+        spaces.publish("nameServer", &replacement);
+        assert!(Arc::ptr_eq(
+            &spaces.get("nameServer").unwrap(),
+            &replacement
+        ));
+        assert_eq!(spaces.lock()["nameServer"].len(), 2, "dead ones are pruned");
+        drop(running);
+        assert!(Arc::ptr_eq(
+            &spaces.get("nameServer").unwrap(),
+            &replacement
+        ));
     }
 }

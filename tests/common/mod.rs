@@ -227,6 +227,32 @@ impl TestServer {
     }
 }
 
+/// The body of `GET /metrics` from a metrics endpoint, over plain TCP (bounded).
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::AsyncReadExt;
+    within("metrics scrape", async {
+        let mut s = TcpStream::connect(addr).await.expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8(out).expect("UTF-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        body.to_owned()
+    })
+    .await
+}
+
+/// The value of the sample `series` (name and labels exactly as rendered, e.g.
+/// `lib_chan_calls_total{service="echo"}`) in a scrape, if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A TCP connection to `addr` from the local address `source` (any 127.x.y.z works on
 /// Linux loopback without configuration).
 pub async fn tcp_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {

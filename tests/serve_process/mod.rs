@@ -26,6 +26,9 @@ pub struct ServeProcess {
     child: Child,
     /// The port it listens on.
     pub port: u16,
+    /// The lines it printed on standard output before `listening on ADDR`, e.g.
+    /// `metrics listening on ADDR`.
+    pub banner: Vec<String>,
     /// What it wrote on standard error so far.
     stderr: Arc<Mutex<String>>,
     /// The thread collecting standard error; it ends when the server does.
@@ -80,6 +83,7 @@ impl ServeProcess {
         let mut server = ServeProcess {
             child,
             port: 0,
+            banner: Vec::new(),
             stderr,
             stderr_reader: Some(stderr_reader),
         };
@@ -99,12 +103,20 @@ impl ServeProcess {
                 server.port = port;
                 return server;
             }
+            server.banner.push(line);
         }
     }
 
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The metrics endpoint's address, from its `metrics listening on ADDR` line.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.banner
+            .iter()
+            .find_map(|l| l.strip_prefix("metrics listening on ")?.parse().ok())
     }
 
     /// Sends `signal` (a name such as `STOP`, `CONT`, `TERM`) with kill(1).

@@ -1,0 +1,340 @@
+//! Live reload: a new [`Config`] validated whole and swapped in while the server runs
+//! (`lib_chan serve` does it on SIGHUP).
+//!
+//! # What is swapped
+//! Everything a connection reads from the server state lives in one generation, a
+//! `ServerState`: the services by name, the TLS acceptor (certificate and key) and the
+//! per-connection limits. The current generation sits behind an `RwLock<Arc<_>>` that the
+//! accept loop reads once per accepted connection (never per message); a reload builds
+//! the next generation completely (config checked against the registry, the TLS pair
+//! loaded, every new service made) and only then replaces the pointer, so a bad config
+//! changes nothing and a good one applies at once to every new connection. Connections
+//! already open keep the generation they started with.
+//!
+//! # What survives
+//! A `[[service]]` entry whose name, handler, `args` and options are unchanged keeps its
+//! [`Service`](crate::Service) value, and with it its state (a name server's names, a
+//! chat service's groups). When its password hash is unchanged too, the entry itself is
+//! kept and its connections are left alone. Counters ([`Stats`](crate::stats::Stats),
+//! metrics), the password checker (and its cache, keyed by the hash, so a changed hash
+//! misses) and the admission state carry over.
+//!
+//! # How revocation reaches connections
+//! Each `ServiceEntry` has a `CancellationToken`; each authenticated connection holds a
+//! child of it, which its middle man selects on. A reload cancels the token of every entry
+//! it does not carry over (the service was removed, its handler, `args` or options changed,
+//! or its password hash changed), and those connections end with `{error, revoked}`.
+//!
+//! # What needs a restart
+//! `port`, `bind`, `[metrics] listen` and the limits sized at start-up (`max_connections`,
+//! `max_password_checks`, `password_check_queue`, and the admission and penalty keys)
+//! are not changed by a reload: it keeps the running values, logs a warning, and lists
+//! them in [`ReloadSummary::needs_restart`]. The other limits apply to new connections.
+//!
+//! A service made anew is made while the old one still runs (its connections are revoked
+//! only once the new config is known to be good), so a handler that holds a resource
+//! exclusively cannot be made twice: a name server with a `file:` store whose entry
+//! changes (other than its password) but keeps the same file is refused by the reload
+//! (the file is in use) and needs a restart.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Limits, ServiceConfig};
+use crate::registry::Registry;
+use crate::server::{ServerState, ServiceEntry, StartError};
+use crate::tls;
+
+/// The server's current generation, and the config it was made from.
+pub(crate) struct Live {
+    /// What new connections use; read once per accepted connection.
+    current: RwLock<Arc<ServerState>>,
+    /// The config in force (restart-only values as running), diffed against by the next
+    /// reload; its lock also serialises reloads.
+    applied: Mutex<Config>,
+}
+
+impl Live {
+    pub(crate) fn new(state: ServerState, config: Config) -> Live {
+        Live {
+            current: RwLock::new(Arc::new(state)),
+            applied: Mutex::new(config),
+        }
+    }
+
+    /// The current generation.
+    pub(crate) fn load(&self) -> Arc<ServerState> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Validates `config` whole, builds the next generation and swaps it in, then revokes
+    /// the connections of every entry not carried over. On error nothing has changed.
+    fn reload(&self, mut config: Config, registry: &Registry) -> Result<ReloadSummary, StartError> {
+        let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        config.validate(registry)?;
+        let tls_config = tls::server_config(&config.tls)?;
+        let old = self.load();
+        let mut summary = ReloadSummary::default();
+        let services = build_services(&config.services, registry, &old.services, &mut summary)?;
+        summary.removed = old
+            .services
+            .keys()
+            .filter(|name| !services.contains_key(*name))
+            .cloned()
+            .collect();
+        summary.removed.sort();
+        summary.needs_restart = keep_restart_only(&applied, &mut config);
+        // Entries not carried over, by identity: their connections are revoked.
+        let revoked: Vec<Arc<ServiceEntry>> = old
+            .services
+            .iter()
+            .filter(|(name, entry)| {
+                services
+                    .get(*name)
+                    .is_none_or(|new| !Arc::ptr_eq(new, entry))
+            })
+            .map(|(_, entry)| Arc::clone(entry))
+            .collect();
+        for name in services.keys() {
+            // Listed at zero from now on, before any connection.
+            old.metrics.service(name);
+        }
+        let state = ServerState {
+            limits: Arc::new(config.limits.clone()),
+            acceptor: TlsAcceptor::from(tls_config),
+            services,
+            checker: old.checker.clone(),
+            admission: Arc::clone(&old.admission),
+            stats: Arc::clone(&old.stats),
+            metrics: Arc::clone(&old.metrics),
+        };
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(state);
+        // After the swap, so that no new connection can start on a revoked entry; one
+        // that authenticated against it just before still holds a child of its token,
+        // and is revoked as soon as its middle man starts.
+        for entry in &revoked {
+            entry.revoked.cancel();
+        }
+        *applied = config;
+        drop(applied);
+        tracing::info!(%summary, source = %self.source(), "config reloaded");
+        for what in &summary.needs_restart {
+            tracing::warn!(change = %what, "this change needs a restart; the running value stays in force");
+        }
+        Ok(summary)
+    }
+
+    fn source(&self) -> String {
+        self.applied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .source
+            .display()
+            .to_string()
+    }
+}
+
+/// Makes the entries for `configs`, reusing from `old` what is unchanged: the whole entry
+/// when nothing changed, the service value alone when only the password hash did.
+/// `summary` says which was which.
+///
+/// # Errors
+/// [`StartError::Service`] when the registry cannot make a service.
+pub(crate) fn build_services(
+    configs: &[ServiceConfig],
+    registry: &Registry,
+    old: &HashMap<String, Arc<ServiceEntry>>,
+    summary: &mut ReloadSummary,
+) -> Result<HashMap<String, Arc<ServiceEntry>>, StartError> {
+    let mut services = HashMap::with_capacity(configs.len());
+    for sc in configs {
+        let previous = old.get(&sc.name);
+        let entry = match previous {
+            Some(p)
+                if same_service(&p.config, sc) && p.config.password_hash == sc.password_hash =>
+            {
+                summary.kept.push(sc.name.clone());
+                Arc::clone(p)
+            }
+            Some(p) if same_service(&p.config, sc) => {
+                summary.password_changed.push(sc.name.clone());
+                Arc::new(ServiceEntry::new(sc.clone(), Arc::clone(&p.service)))
+            }
+            _ => {
+                let service = registry.make(sc).map_err(|message| StartError::Service {
+                    name: sc.name.clone(),
+                    message,
+                })?;
+                if previous.is_some() {
+                    summary.replaced.push(sc.name.clone());
+                } else {
+                    summary.added.push(sc.name.clone());
+                }
+                Arc::new(ServiceEntry::new(sc.clone(), service))
+            }
+        };
+        services.insert(sc.name.clone(), entry);
+    }
+    Ok(services)
+}
+
+/// True when `new` would make the same service as `old`: same handler, `args` and
+/// options (the password is not part of the service).
+fn same_service(old: &ServiceConfig, new: &ServiceConfig) -> bool {
+    old.handler == new.handler && old.args == new.args && old.options == new.options
+}
+
+/// Puts back into `new` the running values a reload cannot change, and says which of
+/// them the new config wanted changed.
+fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    let mut keep = |what: &str, differs: bool, shown: String| {
+        if differs {
+            changes.push(format!("{what} ({shown})"));
+        }
+    };
+    keep(
+        "port",
+        running.port != new.port,
+        format!("{} -> {}", running.port, new.port),
+    );
+    keep(
+        "bind",
+        running.bind != new.bind,
+        format!("{} -> {}", running.bind, new.bind),
+    );
+    let shown = |a: Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
+    keep(
+        "metrics.listen",
+        running.metrics_listen != new.metrics_listen,
+        format!(
+            "{} -> {}",
+            shown(running.metrics_listen),
+            shown(new.metrics_listen)
+        ),
+    );
+    let (r, n): (&Limits, &Limits) = (&running.limits, &new.limits);
+    keep(
+        "limits.max_connections",
+        r.max_connections != n.max_connections,
+        format!("{} -> {}", r.max_connections, n.max_connections),
+    );
+    keep(
+        "limits.max_password_checks",
+        r.max_password_checks != n.max_password_checks,
+        format!("{} -> {}", r.max_password_checks, n.max_password_checks),
+    );
+    keep(
+        "limits.password_check_queue",
+        r.password_check_queue != n.password_check_queue,
+        format!("{} -> {}", r.password_check_queue, n.password_check_queue),
+    );
+    keep(
+        "limits: admission and penalty keys",
+        r.admission != n.admission,
+        "unauth_drop_start, max_unauth, max_unauth_per_source, penalty_*".to_owned(),
+    );
+    new.port = running.port;
+    new.bind = running.bind;
+    new.metrics_listen = running.metrics_listen;
+    new.limits.max_connections = running.limits.max_connections;
+    new.limits.max_password_checks = running.limits.max_password_checks;
+    new.limits.password_check_queue = running.limits.password_check_queue;
+    new.limits.admission = running.limits.admission.clone();
+    changes
+}
+
+/// What a reload changed, by service name (each list in config order, `removed` sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReloadSummary {
+    /// New services.
+    pub added: Vec<String>,
+    /// Services no longer offered; their connections were revoked.
+    pub removed: Vec<String>,
+    /// Services whose handler, `args` or options changed: made anew (their state starts
+    /// afresh) and their connections revoked.
+    pub replaced: Vec<String>,
+    /// Services whose password hash changed: same service value (state kept), connections
+    /// revoked.
+    pub password_changed: Vec<String>,
+    /// Services unchanged: same service value, connections left open.
+    pub kept: Vec<String>,
+    /// Changes in the new config that need a restart and were not applied.
+    pub needs_restart: Vec<String>,
+}
+
+impl fmt::Display for ReloadSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (what, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("replaced", &self.replaced),
+            ("password changed", &self.password_changed),
+            ("kept", &self.kept),
+        ] {
+            if names.is_empty() {
+                continue;
+            }
+            if !first {
+                f.write_str("; ")?;
+            }
+            first = false;
+            write!(f, "{what}: {}", names.join(", "))?;
+        }
+        if first {
+            f.write_str("no services")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reloads a running server's configuration; cheap to clone, usable from any task or
+/// thread (e.g. a SIGHUP handler). [`Server::reloader`](crate::Server::reloader) and
+/// [`ServerHandle::reload`](crate::ServerHandle::reload) give one.
+#[derive(Clone)]
+pub struct Reloader {
+    pub(crate) live: Arc<Live>,
+}
+
+impl fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reloader").finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// Validates all of `config` (against `registry`, loading the TLS pair and making
+    /// every new or changed service) and swaps it in at once: new connections get the new
+    /// services, passwords, certificate and per-connection limits; connections to a
+    /// removed or replaced service, or authenticated with a password whose hash changed,
+    /// are closed with `{error, revoked}`. Unchanged services keep their state. See the
+    /// [module docs](crate::reload) for what needs a restart instead.
+    ///
+    /// Call it from within the server's tokio runtime (a service may need it to open its
+    /// store). It blocks while services are made (files opened, a Redis reached), as
+    /// [`Server::bind`](crate::Server::bind) does; `spawn_blocking` suits it.
+    ///
+    /// # Errors
+    /// [`StartError`] saying what is wrong with the new config; the old one stays in
+    /// force, untouched.
+    pub fn reload(&self, config: Config, registry: &Registry) -> Result<ReloadSummary, StartError> {
+        self.live.reload(config, registry)
+    }
+}
+
+impl ServiceEntry {
+    /// A new entry with a fresh revocation token.
+    pub(crate) fn new(config: ServiceConfig, service: Arc<dyn crate::Service>) -> ServiceEntry {
+        ServiceEntry {
+            config,
+            service,
+            revoked: CancellationToken::new(),
+        }
+    }
+}
