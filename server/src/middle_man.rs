@@ -170,6 +170,9 @@ where
         // Made once, so that waiting on it costs a poll per loop and no registration.
         let revoked = revoked.cancelled_owned();
         tokio::pin!(revoked);
+        // Made once, not per pass of the loop: registering a new waiter each time costs.
+        let shutting_down = shutdown.cancelled_owned();
+        tokio::pin!(shutting_down);
         // Set once the connection is winding down (the client sent `close`, or the
         // server is shutting down): nothing more is read, calls in flight are still
         // answered until `shutdown_grace`, then the connection ends for this reason.
@@ -209,7 +212,7 @@ where
                         permit.send(event);
                     }
                 }
-                () = shutdown.cancelled(), if draining.is_none() => {
+                () = &mut shutting_down, if draining.is_none() => {
                     draining = Some(CloseReason::Shutdown);
                     drain.as_mut().reset(Instant::now() + self.limits.shutdown_grace);
                 }
