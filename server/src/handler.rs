@@ -119,6 +119,8 @@ pub(crate) enum Outbound {
     CallError(Ref, Term),
     /// `close`.
     Close,
+    /// `{error, slow_consumer}`: the client does not read its pushes.
+    SlowConsumer,
 }
 
 /// The channel is closed: nothing more can be sent on it.
@@ -219,6 +221,22 @@ impl MiddleMan {
             .map_err(|_| TrySendError::Closed)
     }
 
+    /// Pushes `{send, Y}` without waiting, or, when the client is not keeping up (its
+    /// push queue is full), ends the connection with `{error, slow_consumer}`: what a
+    /// service that notifies many connections at once wants, so that one slow reader
+    /// neither blocks it nor grows its memory. Returns whether the push was queued.
+    pub fn try_send_or_close(&self, y: Term) -> bool {
+        match self.try_send(y) {
+            Ok(()) => true,
+            Err(TrySendError::Full) => {
+                tracing::warn!(peer = %self.peer(), service = %self.service(), "client not reading its pushes; closing it as a slow consumer");
+                let _ = self.queue(Outbound::SlowConsumer);
+                false
+            }
+            Err(TrySendError::Closed) => false,
+        }
+    }
+
     /// Closes the channel: the client receives `close`, and the connection ends.
     pub fn close(&self) {
         let _ = self.queue(Outbound::Close);
@@ -252,7 +270,7 @@ impl MiddleMan {
             Outbound::Push(t, _) | Outbound::Reply(_, t) | Outbound::CallError(_, t) => {
                 lib_chan_protocol::etf::encoded_len(t)
             }
-            Outbound::Close => 0,
+            Outbound::Close | Outbound::SlowConsumer => 0,
         };
         self.inner.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.inner.out.send((o, bytes)).map_err(|_| ChannelClosed)

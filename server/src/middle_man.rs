@@ -189,8 +189,8 @@ where
                 biased;
                 Some(first) = self.out_rx.recv() => {
                     match self.write_outbound(first).await {
-                        Ok(false) => {}
-                        Ok(true) => break CloseReason::HandlerClosed,
+                        Ok(None) => {}
+                        Ok(Some(reason)) => break reason,
                         Err(WriteFailed(r)) => break r,
                     }
                 }
@@ -338,11 +338,14 @@ where
 
     /// Encodes `first` and every other outbound item already queued. They are written
     /// with the next flush: when nothing else is ready, or once [`FLUSH_AT`] bytes are
-    /// waiting. Returns true when the handler asked to close (the `close` frame is then
-    /// written and flushed).
-    async fn write_outbound(&mut self, first: (Outbound, usize)) -> Result<bool, WriteFailed> {
+    /// waiting. Returns the reason to end when the handler asked to close (the `close`
+    /// frame is then written) or found the client too slow for its pushes.
+    async fn write_outbound(
+        &mut self,
+        first: (Outbound, usize),
+    ) -> Result<Option<CloseReason>, WriteFailed> {
         let mut item = Some(first);
-        let mut closing = false;
+        let mut closing = None;
         let mut count = 0;
         while let Some((o, bytes)) = item.take() {
             self.middle_man
@@ -364,7 +367,11 @@ where
                     }
                 }
                 Outbound::Close => {
-                    closing = true;
+                    closing = Some(CloseReason::HandlerClosed);
+                    break;
+                }
+                Outbound::SlowConsumer => {
+                    closing = Some(CloseReason::Protocol(ErrorReason::SlowConsumer));
                     break;
                 }
             }
@@ -373,10 +380,14 @@ where
                 item = self.out_rx.try_recv().ok();
             }
         }
-        if closing {
-            self.fail_in_flight("no_reply");
-            self.encode(ServerMessage::Close);
-            self.flush().await?;
+        if let Some(reason) = &closing {
+            if *reason == CloseReason::HandlerClosed {
+                self.fail_in_flight("no_reply");
+                self.encode(ServerMessage::Close);
+                self.flush().await?;
+            }
+            // A slow consumer gets `{error, slow_consumer}` from `finish`, as when a
+            // write times out.
         } else if self.write_buf.len() >= FLUSH_AT {
             self.flush().await?;
         }
@@ -450,7 +461,7 @@ where
         );
         if client_reachable && !matches!(reason, CloseReason::HandlerClosed) {
             while let Ok(o) = self.out_rx.try_recv() {
-                if matches!(o.0, Outbound::Close) {
+                if matches!(o.0, Outbound::Close | Outbound::SlowConsumer) {
                     break;
                 }
                 if self.write_outbound(o).await.is_err() {

@@ -45,7 +45,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lib_chan_protocol::message::snippet;
 use lib_chan_protocol::Term;
-use lib_chan_server::handler::TrySendError;
 use lib_chan_server::{Event, HandlerFuture, MiddleMan, Service, Session};
 
 /// The longest group or nick accepted: characters for an atom or a charlist, bytes for
@@ -173,19 +172,14 @@ impl Groups {
                 return;
             };
             let mut gone = Vec::new();
-            members.retain(|nick, m| match m.middle_man.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(TrySendError::Full) => {
-                    tracing::warn!(peer = %m.middle_man.peer(), nick = %snippet(nick, 80),
-                        "chat member not reading its messages; closing it");
-                    m.middle_man.close();
+            // A member that cannot take the event (gone, or too slow: closed with
+            // {error, slow_consumer}) leaves the group, and the others are told.
+            members.retain(|nick, m| {
+                let kept = m.middle_man.try_send_or_close(event.clone());
+                if !kept {
                     gone.push(nick.clone());
-                    false
                 }
-                Err(TrySendError::Closed) => {
-                    gone.push(nick.clone());
-                    false
-                }
+                kept
             });
             if members.is_empty() {
                 self.groups.remove(group);

@@ -31,7 +31,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lib_chan_protocol::Term;
-use lib_chan_server::handler::TrySendError;
 use lib_chan_server::MiddleMan;
 
 /// The outcome of a store operation, to await (see the module docs for when the
@@ -228,15 +227,7 @@ impl Watchers {
         let Some(watchers) = by_key.get_mut(key) else {
             return;
         };
-        watchers.retain(|_, mm| match mm.try_send(change.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full) => {
-                tracing::warn!(peer = %mm.peer(), "watcher not reading its pushes; closing it");
-                mm.close();
-                false
-            }
-            Err(TrySendError::Closed) => false,
-        });
+        watchers.retain(|_, mm| mm.try_send_or_close(change.clone()));
         if watchers.is_empty() {
             by_key.remove(key);
         }

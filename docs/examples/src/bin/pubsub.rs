@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use lib_chan_examples::DemoServer;
 use lib_chan_protocol::{term, Term};
-use lib_chan_server::handler::TrySendError;
 use lib_chan_server::{Event, HandlerFuture, MiddleMan, Registry, Service, Session};
 
 /// One pub/sub request.
@@ -73,14 +72,7 @@ impl PubSub {
         };
         // `try_send` never waits: one subscriber that stopped reading must not stall
         // the publisher, nor everyone else. Close it instead of queueing without end.
-        subscribers.retain(|_, mm| match mm.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full) => {
-                mm.close();
-                false
-            }
-            Err(TrySendError::Closed) => false,
-        });
+        subscribers.retain(|_, mm| mm.try_send_or_close(event.clone()));
         subscribers.len()
     }
 
