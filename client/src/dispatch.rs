@@ -326,6 +326,8 @@ impl Writer<'_> {
             next_ref,
         } = self;
         let mut batch = BytesMut::new();
+        // Whether the last write carried more than one frame.
+        let mut last_was_batch = false;
         loop {
             let first = tokio::select! {
                 biased;
@@ -351,12 +353,14 @@ impl Writer<'_> {
                 return close_sequence(wr, outgoing, &mut batch, close_frame).await;
             };
             let mut next = outgoing.try_recv();
-            if next.is_err() {
-                // Let the other tasks that are ready (callers woken by the last batch of
-                // replies) queue their frames too, so that a burst goes out in one write.
+            if next.is_err() && last_was_batch {
+                // Calls are coming in bursts: let the other tasks that are ready (callers
+                // woken by the last batch of replies) queue their frames too, so that the
+                // burst goes out in one write. A lone caller is not made to wait.
                 tokio::task::yield_now().await;
                 next = outgoing.try_recv();
             }
+            last_was_batch = next.is_ok();
             let written = match next {
                 // Nothing else queued: write the frame as it is, no copy.
                 Err(_) => write_and_flush(wr, &first).await,
