@@ -65,7 +65,8 @@ for t in "${targets[@]}"; do
   summary+=("$line")
   echo "  $line"
   if [ "$status" = CRASH ]; then
-    grep -E 'panicked at|ERROR: |SUMMARY: |Test unit written to|^Failing input' "$log" | head -20 | sed 's/^/    /' || true
+    { grep -m1 -A3 'panicked at' "$log" || true
+      grep -E 'ERROR: |SUMMARY: |Test unit written to' "$log" || true; } | head -20 | sed 's/^/    /' || true
   fi
 done
 

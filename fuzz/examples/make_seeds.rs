@@ -213,12 +213,18 @@ fn main() {
         "idle",
         &session(
             0x01,
-            &[START, "{call, 1, {lookup, joe}}", "{call, 2, {lookup, joe}}"],
+            &[
+                START,
+                "{call, 1, {lookup, joe}}",
+                "{call, 2, {lookup, joe}}",
+            ],
         ),
     );
     // Never reads after the welcome: answers fill the pipe, the write timeout ends it.
     let store = format!("{{call, 1, {{store, big, <<\"{}\">>}}}}", "x".repeat(400));
-    let lookups: Vec<String> = (2..6).map(|i| format!("{{call, {i}, {{lookup, big}}}}")).collect();
+    let lookups: Vec<String> = (2..6)
+        .map(|i| format!("{{call, {i}, {{lookup, big}}}}"))
+        .collect();
     let mut calls = vec![START, store.as_str()];
     calls.extend(lookups.iter().map(String::as_str));
     write("connection", "slow_consumer", &session(0x03, &calls));

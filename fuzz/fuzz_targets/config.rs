@@ -49,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             assert_eq!(e.file.as_path(), Path::new(&f.path));
             if let Some(line) = e.line {
-                assert!(line >= 1 && line <= text.matches('\n').count() + 1, "line {line}");
+                assert!(
+                    line >= 1 && line <= text.matches('\n').count() + 1,
+                    "line {line}"
+                );
             }
             let _ = e.to_string();
         }

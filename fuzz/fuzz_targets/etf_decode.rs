@@ -7,18 +7,26 @@
 //! (protocol/tests, the hostile-client suite).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lib_chan_protocol::{etf, parse};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(term) = etf::decode(data) else {
         return;
     };
     let bytes = etf::encode(&term).expect("a decoded term encodes");
-    assert_eq!(etf::encoded_len(&term), bytes.len(), "encoded_len of {term}");
+    assert_eq!(
+        etf::encoded_len(&term),
+        bytes.len(),
+        "encoded_len of {term}"
+    );
     let again = etf::decode(&bytes).expect("an encoded term decodes");
     assert_eq!(again, term);
-    assert_eq!(etf::encode(&again).expect("encodes"), bytes, "encoding is canonical");
+    assert_eq!(
+        etf::encode(&again).expect("encodes"),
+        bytes,
+        "encoding is canonical"
+    );
     let text = term.to_string();
     match parse(&text) {
         Ok(parsed) => assert_eq!(parsed, term, "printed as {text}"),

@@ -108,7 +108,11 @@ fuzz_target!(|data: &[u8]| {
     let mut codec = FrameCodec::new(max, max);
     let mut again = BytesMut::new();
     for f in &whole.frames {
-        assert!(!f.is_empty() && f.len() <= max, "frame of {} bytes", f.len());
+        assert!(
+            !f.is_empty() && f.len() <= max,
+            "frame of {} bytes",
+            f.len()
+        );
         codec.encode(f.clone(), &mut again).expect("re-encodes");
     }
     assert_eq!(&again[..], &stream[..again.len()]);
