@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Limits, ServiceConfig};
+use crate::config::{Config, ServiceConfig};
 use crate::registry::Registry;
 use crate::server::{ServerState, ServiceEntry, StartError};
 use crate::tls;
@@ -192,60 +192,63 @@ fn same_service(old: &ServiceConfig, new: &ServiceConfig) -> bool {
 /// them the new config wanted changed.
 fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<String> {
     let mut changes = Vec::new();
-    let mut keep = |what: &str, differs: bool, shown: String| {
-        if differs {
-            changes.push(format!("{what} ({shown})"));
-        }
-    };
+    let c = &mut changes;
+    keep(c, "port", &running.port, &mut new.port, |v| v.to_string());
+    keep(c, "bind", &running.bind, &mut new.bind, |v| v.to_string());
+    let addr = |a: &Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
     keep(
-        "port",
-        running.port != new.port,
-        format!("{} -> {}", running.port, new.port),
-    );
-    keep(
-        "bind",
-        running.bind != new.bind,
-        format!("{} -> {}", running.bind, new.bind),
-    );
-    let shown = |a: Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
-    keep(
+        c,
         "metrics.listen",
-        running.metrics_listen != new.metrics_listen,
-        format!(
-            "{} -> {}",
-            shown(running.metrics_listen),
-            shown(new.metrics_listen)
-        ),
+        &running.metrics_listen,
+        &mut new.metrics_listen,
+        addr,
     );
-    let (r, n): (&Limits, &Limits) = (&running.limits, &new.limits);
+    let (r, n) = (&running.limits, &mut new.limits);
+    let num = |v: &usize| v.to_string();
     keep(
+        c,
         "limits.max_connections",
-        r.max_connections != n.max_connections,
-        format!("{} -> {}", r.max_connections, n.max_connections),
+        &r.max_connections,
+        &mut n.max_connections,
+        num,
     );
     keep(
+        c,
         "limits.max_password_checks",
-        r.max_password_checks != n.max_password_checks,
-        format!("{} -> {}", r.max_password_checks, n.max_password_checks),
+        &r.max_password_checks,
+        &mut n.max_password_checks,
+        num,
     );
     keep(
+        c,
         "limits.password_check_queue",
-        r.password_check_queue != n.password_check_queue,
-        format!("{} -> {}", r.password_check_queue, n.password_check_queue),
+        &r.password_check_queue,
+        &mut n.password_check_queue,
+        num,
     );
     keep(
+        c,
         "limits: admission and penalty keys",
-        r.admission != n.admission,
-        "unauth_drop_start, max_unauth, max_unauth_per_source, penalty_*".to_owned(),
+        &r.admission,
+        &mut n.admission,
+        |_| "unauth_drop_start, max_unauth, max_unauth_per_source, penalty_*".to_owned(),
     );
-    new.port = running.port;
-    new.bind = running.bind;
-    new.metrics_listen = running.metrics_listen;
-    new.limits.max_connections = running.limits.max_connections;
-    new.limits.max_password_checks = running.limits.max_password_checks;
-    new.limits.password_check_queue = running.limits.password_check_queue;
-    new.limits.admission = running.limits.admission.clone();
     changes
+}
+
+/// When `new` differs from `running`, records `what` (shown with `show`) in `changes`
+/// and puts the running value back.
+fn keep<T: PartialEq + Clone>(
+    changes: &mut Vec<String>,
+    what: &str,
+    running: &T,
+    new: &mut T,
+    show: impl Fn(&T) -> String,
+) {
+    if running != new {
+        changes.push(format!("{what} ({} -> {})", show(running), show(new)));
+        *new = running.clone();
+    }
 }
 
 /// What a reload changed, by service name (each list in config order, `removed` sorted).
