@@ -38,7 +38,7 @@ if cargo tree --workspace -i aws-lc-sys >/dev/null 2>&1; then
   exit 1
 fi
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 # Fuzzing smoke run: every target in fuzz/ for 10 s. cargo-fuzz needs the nightly
 # toolchain; a stable-only machine skips this step (not a failure). From a clean state on

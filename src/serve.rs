@@ -63,22 +63,31 @@ pub(crate) fn serve(config: Option<PathBuf>, port: Option<u16>) -> anyhow::Resul
         let addr = server.local_addr();
         if let Some(metrics) = server.metrics_addr() {
             tracing::info!(addr = %metrics, "metrics endpoint listening (HTTP, /metrics)");
-            println!("metrics listening on {metrics}");
+            announce(format_args!("metrics listening on {metrics}"));
         }
         tracing::info!(%addr, services = ?services, "lib_chan listening (TLS)");
         // One stable line on stdout for scripts and tests.
-        println!("listening on {addr}");
+        announce(format_args!("listening on {addr}"));
         if is_default {
-            println!(
+            announce(format_args!(
                 "try, from another terminal:\n  LIB_CHAN_PASSWORD=... lib_chan rpc localhost:{} {DEFAULT_SERVICE} '{{lookup, joe}}'\n  \
                  (the client trusts the development CA in {} by default)",
                 addr.port(),
                 crate::data_dir().display()
-            );
+            ));
         }
         server.run(shutdown_signal()).await;
         anyhow::Ok(())
     })
+}
+
+/// Prints one line on standard output for whoever started the server. A reader that
+/// has gone away (`lib_chan serve | head -1`, a closed pipe) must not end the server,
+/// as `println!` would with a panic on EPIPE: the error is ignored.
+fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// The config to use: `--config`, else ./lib_chan.conf, else the data directory's;

@@ -267,6 +267,91 @@ fn serve_without_a_config_makes_a_working_default() {
     );
 }
 
+/// `lib_chan serve | head -1`, or a supervisor that stops reading: the server's
+/// standard output goes away before it has printed its banner. It must go on serving
+/// (a `println!` would panic on the broken pipe and end the process).
+#[test]
+fn serve_keeps_serving_when_its_stdout_is_closed() {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--port", "0"])
+        .current_dir(home.path())
+        .env_remove("LIB_CHAN_PASSWORD")
+        .env("LIB_CHAN_HOME", home.path())
+        .env("HOME", home.path())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lib_chan serve starts");
+    drop(child.stdout.take());
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The port from the log line `lib_chan listening (TLS) addr=127.0.0.1:PORT ...`
+    // (the banner on stdout is what is gone).
+    let mut seen = Vec::new();
+    let port: u16 = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("no `lib_chan listening` log line ({e}): {seen:#?}"));
+        let plain = strip_ansi(&line);
+        if plain.contains("lib_chan listening") {
+            let addr = plain.split("addr=").nth(1).unwrap();
+            let addr = addr.split_whitespace().next().unwrap();
+            break addr.rsplit_once(':').unwrap().1.parse().unwrap();
+        }
+        seen.push(plain);
+    };
+    // Past the banner lines the server would have printed by now.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server exited: {:#?}",
+        rx.try_iter().collect::<Vec<_>>()
+    );
+    let password = std::fs::read_to_string(home.path().join("password")).unwrap();
+    let home_s = home.path().to_str().unwrap();
+    let out = lib_chan(
+        &[
+            "rpc",
+            &format!("localhost:{port}"),
+            "nameServer",
+            "{lookup, joe}",
+        ],
+        &[
+            ("LIB_CHAN_PASSWORD", password.trim()),
+            ("LIB_CHAN_HOME", home_s),
+        ],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(text(&out.stdout), "undefined\n", "{}", text(&out.stderr));
+}
+
+/// `line` without its terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[test]
 fn gen_cert_writes_a_ca_and_a_server_certificate() {
     let dir = tempfile::tempdir().unwrap();

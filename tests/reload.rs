@@ -539,7 +539,7 @@ async fn sighup_on_the_built_in_default_just_says_there_is_no_file() {
     let options = ConnectOptions::new().ca_file(DevCertPaths::in_dir(dir.path()).ca);
     let names = connect_with(options, server.port, "nameServer", password.trim())
         .await
-        .expect("still serving");
+        .unwrap_or_else(|e| panic!("still serving: {e:?}; server stderr:\n{}", server.stderr()));
     assert_open(&names, term!({lookup, nobody}), "undefined").await;
     assert!(!server.stderr().contains("ERROR"), "{}", server.stderr());
 }
