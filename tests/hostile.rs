@@ -433,7 +433,15 @@ async fn wrong_passwords(server: &TestServer, class: u8) -> Outcome {
     assert!(!counts.keys().any(|k| k.starts_with("{ok")), "{counts:?}");
     for k in counts.keys() {
         assert!(
-            ["{error,auth_failed}", "{error,busy}", "refused"].contains(&k.as_str()),
+            // `timeout`: an attempt still queued for a password check when its
+            // handshake deadline passed (a loaded machine checks fewer per second).
+            [
+                "{error,auth_failed}",
+                "{error,busy}",
+                "{error,timeout}",
+                "refused"
+            ]
+            .contains(&k.as_str()),
             "{counts:?}"
         );
     }
