@@ -1,7 +1,9 @@
 //! `lib_chan bench`: load from the client side, with latency percentiles.
 //!
 //! Opens `--connections` channels and keeps `--pipeline` calls in flight on each for
-//! `--duration` seconds. Operations: `lookup` (of keys stored first), `store`, `echo`
+//! `--duration` seconds: `--pipeline` concurrent callers per channel, or with `--batch`
+//! one caller sending batches of `--pipeline` calls with `Channel::rpc_many` and waiting
+//! for all their replies before the next batch (what `redis-benchmark -P` does). Operations: `lookup` (of keys stored first), `store`, `echo`
 //! (for `mod_echo`), `connect` (connect + authenticate + one lookup + close, repeated:
 //! the reconnect rate), and `idle` (hold authenticated connections open, so a script
 //! can read the server's memory). `--json` prints one JSON object on the last line, for
@@ -45,6 +47,11 @@ pub(crate) struct BenchArgs {
     /// Calls in flight per connection.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
+    /// Send the --pipeline calls of each connection as one batch (`rpc_many`) and wait
+    /// for all replies before the next batch, as redis-benchmark -P does, instead of
+    /// running --pipeline concurrent callers. Each call's latency is its batch's.
+    #[arg(long)]
+    batch: bool,
     /// Seconds to run (after a one-second warm-up).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -107,6 +114,23 @@ impl Target {
     }
 }
 
+/// The request `op` sends for `key`.
+fn request(op: Op, key: Term, value: &Term) -> Term {
+    match op {
+        Op::Store => Term::tuple([Term::atom("store"), key, value.clone()]),
+        Op::Echo => value.clone(),
+        Op::Lookup | Op::Connect | Op::Idle => Term::tuple([Term::atom("lookup"), key]),
+    }
+}
+
+/// One `--op connect` round: connect, authenticate, one lookup, close.
+async fn connect_and_lookup(target: &Target, key: Term) -> Result<Term, lib_chan_client::Error> {
+    let ch = target.connect().await?;
+    let reply = ch.rpc(Term::tuple([Term::atom("lookup"), key])).await;
+    ch.close().await;
+    reply
+}
+
 fn key(i: usize) -> Term {
     Term::tuple([Term::atom("key"), Term::Int(i as i64)])
 }
@@ -160,10 +184,15 @@ async fn bench(args: &BenchArgs, target: Arc<Target>) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
+    let batch = if args.batch && args.op != Op::Connect {
+        args.pipeline
+    } else {
+        1
+    };
     let worker_count = if args.op == Op::Connect {
         args.connections
     } else {
-        args.connections * args.pipeline
+        args.connections * args.pipeline / batch
     };
     for w in 0..worker_count {
         let channel = channels.get(w % channels.len().max(1)).cloned();
@@ -176,41 +205,34 @@ async fn bench(args: &BenchArgs, target: Arc<Target>) -> anyhow::Result<()> {
         workers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             let mut i = w * 7919;
-            while !stop.load(Ordering::Relaxed) {
+            let mut next_key = || {
                 i = i.wrapping_add(1);
-                let k = key(i % keys);
+                key(i % keys)
+            };
+            while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                let result = match (op, &channel) {
-                    (Op::Lookup, Some(ch)) => ch
-                        .rpc(Term::tuple([Term::atom("lookup"), k]))
-                        .await
-                        .map(|_| ()),
-                    (Op::Store, Some(ch)) => ch
-                        .rpc(Term::tuple([Term::atom("store"), k, value.clone()]))
-                        .await
-                        .map(|_| ()),
-                    (Op::Echo, Some(ch)) => ch.rpc(value.clone()).await.map(|_| ()),
-                    _ => match target.connect().await {
-                        Ok(ch) => {
-                            let r = ch
-                                .rpc(Term::tuple([Term::atom("lookup"), k]))
-                                .await
-                                .map(|_| ());
-                            ch.close().await;
-                            r
-                        }
-                        Err(e) => Err(e),
-                    },
+                let results = match (op, &channel) {
+                    (Op::Connect, _) | (_, None) => {
+                        vec![connect_and_lookup(&target, next_key()).await]
+                    }
+                    (_, Some(ch)) if batch > 1 => {
+                        let reqs: Vec<Term> = (0..batch)
+                            .map(|_| request(op, next_key(), &value))
+                            .collect();
+                        ch.rpc_many(reqs).await
+                    }
+                    (_, Some(ch)) => vec![ch.rpc(request(op, next_key(), &value)).await],
                 };
                 if measuring.load(Ordering::Relaxed) {
-                    match result {
-                        Ok(()) => {
-                            tally
-                                .latencies_us
-                                .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                            counter.fetch_add(1, Ordering::Relaxed);
+                    let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    for result in results {
+                        match result {
+                            Ok(_) => {
+                                tally.latencies_us.push(us);
+                                counter.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => tally.error(e),
                         }
-                        Err(e) => tally.error(e),
                     }
                 }
             }
@@ -300,9 +322,10 @@ fn report(
     );
     let op = format!("{:?}", args.op).to_lowercase();
     println!(
-        "{op}: {} connections x {} in flight, {} B values: {ops} ops in {:.1} s = {ops_per_sec:.0} ops/s; latency p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs; {errors} errors",
+        "{op}: {} connections x {} in flight{}, {} B values: {ops} ops in {:.1} s = {ops_per_sec:.0} ops/s; latency p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs; {errors} errors",
         args.connections,
         args.pipeline,
+        if args.batch { " (batches)" } else { "" },
         args.value_size,
         elapsed.as_secs_f64()
     );
@@ -311,8 +334,8 @@ fn report(
     }
     if args.json {
         println!(
-            "{{\"op\":\"{op}\",\"connections\":{},\"pipeline\":{},\"value_size\":{},\"ops\":{ops},\"ops_per_sec\":{ops_per_sec:.1},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"errors\":{errors}}}",
-            args.connections, args.pipeline, args.value_size
+            "{{\"op\":\"{op}\",\"connections\":{},\"pipeline\":{},\"batch\":{},\"value_size\":{},\"ops\":{ops},\"ops_per_sec\":{ops_per_sec:.1},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"errors\":{errors}}}",
+            args.connections, args.pipeline, args.batch, args.value_size
         );
     }
 }

@@ -76,7 +76,10 @@ pub(crate) fn serve(config: Option<PathBuf>, port: Option<u16>) -> anyhow::Resul
                 crate::data_dir().display()
             ));
         }
-        server.run(shutdown_signal()).await;
+        // On a worker thread, not this one: see `Server::run`.
+        tokio::spawn(server.run(shutdown_signal()))
+            .await
+            .context("the server task failed")?;
         anyhow::Ok(())
     })
 }

@@ -629,3 +629,117 @@ fn serve_reads_cwd_then_home_config_then_serves_the_default() {
     );
     assert_eq!(text(&out.stdout), "undefined\n");
 }
+
+/// The value of `"key":VALUE` in the one-line JSON object `lib_chan bench --json` ends
+/// with.
+fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
+    let start = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + key.len()
+        + 3;
+    let rest = &json[start..];
+    &rest[..rest.find([',', '}']).unwrap()]
+}
+
+#[test]
+fn bench_runs_each_operation_and_reports_what_it_did() {
+    let home = Home::new();
+    let (dir, certs) = common::make_certs();
+    let conf = write_config(
+        dir.path(),
+        &certs,
+        &[
+            ("nameServer", "mod_name_server", ""),
+            ("echo", "mod_echo", ""),
+        ],
+    );
+    let server = ServeProcess::start(&conf);
+    let addr = format!("127.0.0.1:{}", server.port);
+    let lib_chan = |args: &[&str], password: &str| {
+        let mut cmd = home.command();
+        cmd.args(args)
+            .args(["--ca", certs.ca.to_str().unwrap()])
+            .env("LIB_CHAN_PASSWORD", password);
+        run(cmd)
+    };
+    let bench = |service: &str, op: &str, extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            &addr,
+            service,
+            "--op",
+            op,
+            "--duration",
+            "0.3",
+            "--keys",
+            "20",
+            "--value-size",
+            "5",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = lib_chan(&args, PASSWORD);
+        assert!(out.status.success(), "{op}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let json = stdout.trim_end().lines().last().unwrap().to_owned();
+        assert_eq!(json_field(&json, "errors"), "0", "{op}: {stdout}");
+        let ops: u64 = json_field(&json, "ops").parse().unwrap();
+        assert!(ops > 0, "{op}: {stdout}");
+        for p in ["p50_us", "p99_us", "p999_us"] {
+            json_field(&json, p).parse::<u64>().unwrap();
+        }
+        json
+    };
+
+    // Stores really store: afterwards a key holds the bench's value (5 bytes of `v`).
+    let json = bench(
+        "nameServer",
+        "store",
+        &["--connections", "2", "--pipeline", "3"],
+    );
+    assert_eq!(json_field(&json, "pipeline"), "3");
+    assert_eq!(json_field(&json, "batch"), "false");
+    let out = lib_chan(
+        &["rpc", &addr, "nameServer", "{lookup, {key, 7}}"],
+        PASSWORD,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "{ok,<<\"vvvvv\">>}\n",
+        "{}",
+        text(&out.stderr)
+    );
+
+    let json = bench(
+        "nameServer",
+        "lookup",
+        &["--connections", "2", "--pipeline", "8", "--batch"],
+    );
+    assert_eq!(json_field(&json, "batch"), "true");
+    bench("echo", "echo", &["--pipeline", "4", "--batch"]);
+    bench("nameServer", "connect", &[]);
+
+    // Lookups against a service that does not answer them as the name server does are
+    // errors, counted, with the first one shown; a wrong password stops the run.
+    let out = lib_chan(
+        &[
+            "bench",
+            &addr,
+            "nameServer",
+            "--op",
+            "echo",
+            "--duration",
+            "0.3",
+        ],
+        PASSWORD,
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("first error:"), "{stdout}");
+    let out = lib_chan(
+        &["bench", &addr, "nameServer", "--duration", "0.3"],
+        "wrong",
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("auth"), "{}", text(&out.stderr));
+}

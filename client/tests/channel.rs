@@ -379,3 +379,116 @@ async fn a_malformed_server_frame_is_a_protocol_close() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn rpc_many_sends_one_batch_and_gives_each_answer_in_request_order() {
+    let certs = Certs::localhost();
+    // The peer reads the whole batch before answering, then answers it backwards, with
+    // an error for `nonsense`: the answers must still come back in request order.
+    let (addr, peer) = peer(&certs, |mut c| async move {
+        c.accept(1 << 20).await;
+        let mut calls = Vec::new();
+        while calls.len() < 5 {
+            calls.push(call_ref(&c.recv().await.unwrap()));
+        }
+        for (r, x) in calls.into_iter().rev() {
+            let answer = if x.is_atom("nonsense") {
+                Term::tuple([Term::atom("error"), r, term!(bad_request)])
+            } else {
+                Term::tuple([Term::atom("reply"), r, Term::tuple([Term::atom("echo"), x])])
+            };
+            c.send(answer).await;
+        }
+        c.drain().await
+    })
+    .await;
+    let chan = open(&certs, addr).await;
+    let answers =
+        within(chan.rpc_many([term!(a), term!(b), term!(nonsense), term!(d), term!(e)])).await;
+    assert_eq!(answers.len(), 5);
+    for (i, name) in ["a", "b", "nonsense", "d", "e"].into_iter().enumerate() {
+        match (&answers[i], name) {
+            (Err(Error::Remote(reason)), "nonsense") => assert_eq!(reason, &term!(bad_request)),
+            (Ok(reply), _) => {
+                assert_eq!(reply, &Term::tuple([Term::atom("echo"), Term::atom(name)]))
+            }
+            (other, _) => panic!("answer {i}: {other:?}"),
+        }
+    }
+    assert!(format!("{chan:?}").contains("in_flight: 0"), "{chan:?}");
+    within(chan.close()).await;
+    assert_eq!(within(peer).await.unwrap().unwrap(), vec![term!(close)]);
+}
+
+#[tokio::test]
+async fn rpc_many_fails_an_oversized_request_alone() {
+    let certs = Certs::localhost();
+    let (addr, peer) = echo_peer(&certs, echo).await;
+    let chan = within(
+        certs
+            .options()
+            .connect("127.0.0.1", addr.port(), "svc", "pw", Term::nil()),
+    )
+    .await
+    .unwrap();
+    let big = Term::binary(vec![7u8; 2 << 20]);
+    let answers = within(chan.rpc_many([term!(one), big, term!(three)])).await;
+    assert_eq!(answers[0].as_ref().unwrap(), &term!(one));
+    match &answers[1] {
+        Err(Error::Encode(m)) => assert!(m.contains("max_frame"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(answers[2].as_ref().unwrap(), &term!(three));
+    within(chan.close()).await;
+    assert_eq!(within(peer).await.unwrap().unwrap(), vec![term!(close)]);
+}
+
+#[tokio::test]
+async fn rpc_many_times_out_what_is_unanswered_and_keeps_what_came() {
+    let certs = Certs::localhost();
+    let (addr, _peer) = peer(&certs, |mut c| async move {
+        c.accept(1 << 20).await;
+        let (r1, x1) = call_ref(&c.recv().await.unwrap());
+        let (r2, _) = call_ref(&c.recv().await.unwrap());
+        // Only the first is answered in time; the second's reply comes after the
+        // timeout, then the answer to a later call.
+        c.send(Term::tuple([Term::atom("reply"), r1, x1])).await;
+        let (r3, x3) = call_ref(&c.recv().await.unwrap());
+        c.send(Term::tuple([Term::atom("reply"), r2, term!(late)]))
+            .await;
+        c.send(Term::tuple([Term::atom("reply"), r3, x3])).await;
+        c.drain().await
+    })
+    .await;
+    let chan = open(&certs, addr).await;
+    let answers =
+        within(chan.rpc_many_timeout([term!(first), term!(second)], Duration::from_millis(200)))
+            .await;
+    assert_eq!(answers[0].as_ref().unwrap(), &term!(first));
+    assert!(
+        matches!(answers[1], Err(Error::Timeout("rpc"))),
+        "{:?}",
+        answers[1]
+    );
+    // The timed-out call was forgotten: its late reply is dropped, not misdelivered.
+    assert!(format!("{chan:?}").contains("in_flight: 0"), "{chan:?}");
+    assert_eq!(within(chan.rpc(term!(third))).await.unwrap(), term!(third));
+    within(chan.close()).await;
+}
+
+#[tokio::test]
+async fn rpc_many_on_a_closed_channel_fails_every_request() {
+    let certs = Certs::localhost();
+    let (addr, _peer) = echo_peer(&certs, echo).await;
+    let chan = open(&certs, addr).await;
+    within(chan.close()).await;
+    let answers = within(chan.rpc_many([term!(a), term!(b)])).await;
+    assert_eq!(answers.len(), 2);
+    for a in answers {
+        assert!(
+            matches!(a, Err(Error::Closed(CloseReason::ClosedByClient))),
+            "{a:?}"
+        );
+    }
+    assert!(within(chan.rpc_many(Vec::new())).await.is_empty());
+}

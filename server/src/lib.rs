@@ -25,7 +25,8 @@
 //! let config = Config::load("lib_chan.conf".as_ref(), &registry)?;
 //! let server = Server::bind(config, &registry).await?;
 //! println!("listening on {}", server.local_addr());
-//! server.run(lib_chan_server::shutdown_signal()).await;
+//! // In a task of its own, so the accept loop runs on a runtime worker (see `run`).
+//! tokio::spawn(server.run(lib_chan_server::shutdown_signal())).await?;
 //! # Ok(()) }
 //! ```
 //!
