@@ -77,18 +77,18 @@ redis_rps() { # clients pipeline keepalive requests
     -c "$1" -P "$2" -k "$3" -n "$4" --csv 2>/dev/null | awk -F'"' '/GET/ {print $4}'
 }
 # lib_chan bench's operations per second.
-ours_rps() { # connections pipeline op
+ours_rps() { # connections pipeline op [--batch]
   "$BIN" bench "127.0.0.1:$OUR_PORT" nameServer --ca "$WORK/certs/ca.pem" --connections "$1" \
-    --pipeline "$2" --op "$3" --value-size 16 --duration "$SECS" --json 2>/dev/null |
+    --pipeline "$2" --op "$3" ${4:+"$4"} --value-size 16 --duration "$SECS" --json 2>/dev/null |
     tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["ops_per_sec"])'
 }
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
-row() { # name clients pipeline keepalive op requests
+row() { # name clients pipeline keepalive op requests [--batch]
   local ours=() theirs=()
   for _ in $(seq "$ROUNDS"); do
     theirs+=("$(redis_rps "$2" "$3" "$4" "$6")")
-    ours+=("$(ours_rps "$2" "$3" "$5")")
+    ours+=("$(ours_rps "$2" "$3" "$5" "${7:-}")")
   done
   local o t
   o=$(median "${ours[@]}")
@@ -100,7 +100,11 @@ echo "| scenario | lib_chan ops/s | Redis TLS ops/s | ratio |"
 echo "|---|---|---|---|"
 row "lookup, 1 connection" 1 1 1 lookup 60000
 row "lookup, 50 connections" 50 1 1 lookup 300000
-row "lookup, 50 connections x 16 in flight" 50 16 1 lookup 2000000
+# redis-benchmark -P 16 writes 16 commands at once and waits for all 16 replies:
+# `--batch` (Channel::rpc_many) does the same; without it, 16 concurrent callers share
+# each connection, each waiting for its own reply.
+row "lookup, 50 connections x 16 in flight, batches (as -P 16)" 50 16 1 lookup 2000000 --batch
+row "lookup, 50 connections x 16 in flight, 16 callers each" 50 16 1 lookup 2000000
 row "connect + auth + 1 lookup, 1 client" 1 1 0 connect 3000
 
 # Memory per idle authenticated connection.

@@ -3,8 +3,9 @@
 //! This is the client half of Joe Armstrong's `lib_chan` (Programming Erlang), speaking
 //! the protocol of `PROTOCOL.md`: Erlang terms in External Term Format, in `{packet, 4}`
 //! frames, over TLS. [`connect`] opens a [`Channel`] to a service; [`Channel::cast`]
-//! sends a one-way message, [`Channel::rpc`] a call that waits for its reply, and
-//! [`Channel::recv`] returns what the service sends on its own.
+//! sends a one-way message, [`Channel::rpc`] a call that waits for its reply,
+//! [`Channel::rpc_many`] a batch of calls in one write, and [`Channel::recv`] returns
+//! what the service sends on its own.
 //!
 //! # Example: the book's name server session
 //!
