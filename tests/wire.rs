@@ -296,3 +296,53 @@ async fn client_close_tells_the_handler() {
     assert_eq!(server.next_seen().await, Seen::Closed);
     assert!(peer.closed().await);
 }
+
+/// Many frames in one write, as a pipelining client sends them: the middle man hands
+/// them over in order (each lookup sees the store before it, casts included), answers
+/// every call, and a `close` at the end of the same write still lets all of them be
+/// answered before the server closes.
+#[tokio::test]
+async fn a_burst_of_frames_in_one_write_is_handled_in_order_then_closed() {
+    let server = TestServer::start().await;
+    let mut peer = authenticated(&server, "nameServer").await;
+    let mut burst = Vec::new();
+    let mut expected = Vec::new();
+    let mut frame = |t: Term| {
+        let payload = etf::encode(&t).unwrap();
+        burst.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        burst.extend_from_slice(&payload);
+    };
+    for i in 0..400i64 {
+        let key = term!({burst, (i % 7)});
+        if i % 3 == 0 {
+            frame(term!({send, {store, (key.clone()), (i)}}));
+        } else {
+            frame(Term::tuple([
+                term!(call),
+                Term::Int(2 * i),
+                term!({store, (key.clone()), (i)}),
+            ]));
+            expected.push(format!("{{reply,{},true}}", 2 * i));
+        }
+        frame(Term::tuple([
+            term!(call),
+            Term::Int(2 * i + 1),
+            term!({lookup, (key)}),
+        ]));
+        expected.push(format!("{{reply,{},{{ok,{i}}}}}", 2 * i + 1));
+    }
+    frame(term!(close));
+    // Bigger than one TLS record, so the server reads it in several pieces too.
+    assert!(burst.len() > 16 * 1024, "{}", burst.len());
+    peer.send_raw(&burst).await;
+    let mut got = Vec::new();
+    while let Some(t) = peer.recv().await {
+        if t == term!(close) {
+            break;
+        }
+        got.push(t.to_string());
+    }
+    // The memory store answers in order of arrival.
+    assert_eq!(got, expected);
+    assert!(peer.closed().await);
+}

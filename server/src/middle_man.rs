@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
@@ -31,6 +31,9 @@ use crate::stats::protocol_error;
 
 /// Events queued for the handler before the middle man stops reading the socket.
 const EVENT_QUEUE: usize = 64;
+/// Frames already in the read buffer handled in one pass of the loop, before outbound
+/// answers and the other branches get their turn.
+const FRAMES_PER_PASS: usize = 32;
 /// Outbound items encoded in one go at most, before the loop looks at input again.
 const MAX_BATCH: usize = 256;
 /// A read or write buffer grown past this is released once empty.
@@ -115,6 +118,7 @@ where
         middle_man,
         out_rx,
         in_flight: HashMap::new(),
+        read_at: std::time::Instant::now(),
         limits: setup.limits,
         metrics: setup.metrics,
     };
@@ -134,6 +138,9 @@ struct Connection<S> {
     out_rx: mpsc::UnboundedReceiver<(Outbound, usize)>,
     /// Calls handed to the handler and not yet answered, with when each arrived.
     in_flight: HashMap<Ref, std::time::Instant>,
+    /// When the frames being handled were read: one clock reading per pass of the
+    /// loop, not one per call.
+    read_at: std::time::Instant,
     limits: Arc<Limits>,
     metrics: Arc<ServiceMetrics>,
 }
@@ -178,7 +185,7 @@ where
         // answered until `shutdown_grace`, then the connection ends for this reason.
         let mut draining: Option<CloseReason> = None;
 
-        let reason = loop {
+        let reason = 'serve: loop {
             if let Some(reason) = &draining {
                 if self.in_flight.is_empty() && pending.is_none() {
                     break reason.clone();
@@ -228,14 +235,27 @@ where
                     if let Some(t) = idle_timeout {
                         idle.as_mut().reset(Instant::now() + t);
                     }
-                    match self.on_frame(frame).await {
-                        Ok(event) => pending = event,
-                        // An orderly close: the calls sent before it are still answered.
-                        Err(CloseReason::ClientClosed) => {
-                            draining = Some(CloseReason::ClientClosed);
-                            drain.as_mut().reset(Instant::now() + self.limits.shutdown_grace);
+                    // This frame, then those already read into the buffer behind it
+                    // (a pipelined burst), without a pass of the loop for each.
+                    self.read_at = std::time::Instant::now();
+                    let mut next = Some(frame);
+                    let mut taken = 0;
+                    while let Some(frame) = next.take() {
+                        match self.on_frame(frame).await {
+                            Ok(Some(event)) => pending = self.hand_over(events_tx, event),
+                            Ok(None) => {}
+                            // An orderly close: the calls sent before it are still answered.
+                            Err(CloseReason::ClientClosed) => {
+                                draining = Some(CloseReason::ClientClosed);
+                                drain.as_mut().reset(Instant::now() + self.limits.shutdown_grace);
+                                break;
+                            }
+                            Err(reason) => break 'serve reason,
                         }
-                        Err(reason) => break reason,
+                        taken += 1;
+                        if pending.is_none() && taken < FRAMES_PER_PASS {
+                            next = self.buffered_frame();
+                        }
                     }
                 }
                 // Last, when nothing else is ready: write what the batch produced, so
@@ -250,6 +270,34 @@ where
         Ended {
             reason,
             handler: Some(handler),
+        }
+    }
+
+    /// The next frame if it is already whole in the read buffer; never reads the socket.
+    fn buffered_frame(&mut self) -> Option<Option<Result<bytes::Bytes, FrameError>>> {
+        // The codec holds only its limits, so a copy decodes exactly as the reader would.
+        let mut codec = self.reader.decoder().clone();
+        match codec.decode(self.reader.read_buffer_mut()) {
+            Ok(Some(frame)) => Some(Some(Ok(frame))),
+            Ok(None) => None,
+            Err(e) => Some(Some(Err(e))),
+        }
+    }
+
+    /// Gives `event` to the handler at once when its queue has room and the answers
+    /// already queued are within the byte budget (saving a pass of the select loop per
+    /// request); otherwise returns it, to wait in `pending` for the `reserve` branch.
+    fn hand_over(&self, events_tx: &mpsc::Sender<Event>, event: Event) -> Option<Event> {
+        if self.middle_man.queued_bytes() > self.limits.outbound_bytes {
+            return Some(event);
+        }
+        match events_tx.try_send(event) {
+            Ok(()) => None,
+            // Full: wait for room. Closed: the handler is ending; `reserve` fails at
+            // once and drops the event, and the handler branch ends the connection.
+            Err(
+                mpsc::error::TrySendError::Full(event) | mpsc::error::TrySendError::Closed(event),
+            ) => Some(event),
         }
     }
 
@@ -300,7 +348,7 @@ where
                     .map_err(|WriteFailed(r)| r)?;
                     return Ok(None);
                 }
-                self.in_flight.insert(id, std::time::Instant::now());
+                self.in_flight.insert(id, self.read_at);
                 Ok(Some(Event::Call(Call::new(
                     id,
                     body,
@@ -346,6 +394,7 @@ where
     ) -> Result<Option<CloseReason>, WriteFailed> {
         let mut item = Some(first);
         let mut closing = None;
+        let now = std::time::Instant::now();
         let mut count = 0;
         while let Some((o, bytes)) = item.take() {
             self.middle_man
@@ -357,13 +406,15 @@ where
                 Outbound::Reply(id, body) => {
                     if let Some(arrived) = self.in_flight.remove(&id) {
                         self.encode(ServerMessage::Reply { id, body });
-                        self.metrics.call_answered(arrived.elapsed());
+                        self.metrics
+                            .call_answered(now.saturating_duration_since(arrived));
                     }
                 }
                 Outbound::CallError(id, reason) => {
                     if let Some(arrived) = self.in_flight.remove(&id) {
                         self.encode(ServerMessage::CallError { id, reason });
-                        self.metrics.call_answered(arrived.elapsed());
+                        self.metrics
+                            .call_answered(now.saturating_duration_since(arrived));
                     }
                 }
                 Outbound::Close => {
