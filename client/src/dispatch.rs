@@ -45,7 +45,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use lib_chan_protocol::message::{ClientMessage, ServerMessage};
-use lib_chan_protocol::{etf, FrameCodec, FrameError, Term};
+use lib_chan_protocol::{FrameCodec, FrameError, Term};
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
@@ -232,11 +232,8 @@ async fn read_loop(
             Some(Err(e)) => return CloseReason::Protocol(e.to_string()),
         };
         liveness.heard.fetch_add(1, Ordering::Relaxed);
-        let message = match etf::decode(&payload) {
-            Ok(term) => match ServerMessage::from_term(&term) {
-                Ok(message) => message,
-                Err(e) => return CloseReason::Protocol(e.to_string()),
-            },
+        let message = match ServerMessage::decode(&payload) {
+            Ok(message) => message,
             Err(e) => return CloseReason::Protocol(e.to_string()),
         };
         match message {

@@ -214,6 +214,32 @@ fn messages(c: &mut Criterion) {
         },
     );
     group.finish();
+
+    // Reading a message: the whole term then `from_term`, against `decode`, which
+    // leaves the wrapper tuple unbuilt. The same bytes, the same result.
+    let mut group = c.benchmark_group("message_decode");
+    let call = encode(&call_lookup().to_term()).expect("encode");
+    assert_eq!(ClientMessage::decode(&call).expect("call"), call_lookup());
+    group.throughput(Throughput::Bytes(call.len() as u64));
+    group.bench_function("{call,..} decode+from_term", |b| {
+        b.iter(|| ClientMessage::from_term(&decode(black_box(&call)).expect("term")).expect("call"))
+    });
+    group.bench_function("{call,..} ClientMessage::decode", |b| {
+        b.iter(|| ClientMessage::decode(black_box(&call)).expect("call"))
+    });
+    let reply_bytes = encode(&reply.to_term()).expect("encode");
+    assert_eq!(ServerMessage::decode(&reply_bytes).expect("reply"), reply);
+    group.throughput(Throughput::Bytes(reply_bytes.len() as u64));
+    group.bench_function("{reply,..} decode+from_term", |b| {
+        b.iter(|| {
+            ServerMessage::from_term(&decode(black_box(&reply_bytes)).expect("term"))
+                .expect("reply")
+        })
+    });
+    group.bench_function("{reply,..} ServerMessage::decode", |b| {
+        b.iter(|| ServerMessage::decode(black_box(&reply_bytes)).expect("reply"))
+    });
+    group.finish();
 }
 
 fn text(c: &mut Criterion) {

@@ -171,6 +171,45 @@ pub fn decode(bytes: &[u8]) -> Result<Term, DecodeError> {
     Ok(term)
 }
 
+/// A payload's outermost term, with the elements of an outermost tuple left in a
+/// vector: what the message readers take apart, without building the wrapper tuple
+/// only to drop it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outer {
+    /// The payload is a tuple (of up to 255 elements): its elements.
+    Tuple(Vec<Term>),
+    /// Any other term.
+    Term(Term),
+}
+
+/// Decodes one ETF payload exactly as [`decode`] does (the same checks, errors and
+/// offsets), but returns an outermost tuple's elements as a vector.
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_outer(bytes: &[u8]) -> Result<Outer, DecodeError> {
+    let mut d = Decoder { buf: bytes, pos: 0 };
+    match d.buf.first() {
+        None => return Err(d.error(DecodeErrorKind::Empty)),
+        Some(&VERSION) => d.pos = 1,
+        Some(&v) => return Err(d.error(DecodeErrorKind::BadVersion(v))),
+    }
+    let outer = if d.buf.get(1) == Some(&tag::SMALL_TUPLE) {
+        // As `Decoder::term` does for SMALL_TUPLE at depth 0.
+        let at = d.pos;
+        d.pos += 1;
+        let n = d.u8()?.into();
+        let n = d.count(n, at, 1)?;
+        Outer::Tuple(d.sequence(n, 0)?)
+    } else {
+        Outer::Term(d.term(0)?)
+    };
+    if d.pos != d.buf.len() {
+        return Err(d.error(DecodeErrorKind::TrailingBytes(d.buf.len() - d.pos)));
+    }
+    Ok(outer)
+}
+
 /// Encodes a term as an ETF payload (version byte included).
 ///
 /// # Errors

@@ -199,6 +199,18 @@ impl MessageError {
     }
 }
 
+/// Why a frame's payload is not a message: not a valid term, or a term that is not a
+/// message for where it arrived.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// Not a valid ETF term.
+    #[error(transparent)]
+    Term(#[from] etf::DecodeError),
+    /// A valid term, but not a message.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+}
+
 /// Renders a term in Erlang syntax, cut to about `max` characters: for error messages
 /// and logs, which must never carry a whole hostile input.
 pub fn snippet(t: &Term, max: usize) -> String {
@@ -367,6 +379,36 @@ impl ClientMessage {
         }
     }
 
+    /// Reads a client frame's payload: [`etf::decode`] then [`from_term`], with the
+    /// same results and errors, without building the wrapper tuple of `{call, Ref, X}`
+    /// and `{send, X}`, the messages of every call.
+    ///
+    /// # Errors
+    /// [`ReadError::Term`] when the payload is not a term, [`ReadError::Message`] when
+    /// it is not one of the four messages.
+    ///
+    /// [`from_term`]: Self::from_term
+    pub fn decode(payload: &[u8]) -> Result<ClientMessage, ReadError> {
+        let mut items = match etf::decode_outer(payload)? {
+            etf::Outer::Tuple(items) => items,
+            etf::Outer::Term(t) => return Ok(Self::from_term(&t)?),
+        };
+        match items.as_slice() {
+            [tag, _] if tag.is_atom("send") => {
+                return Ok(ClientMessage::Send(items.pop().expect("two elements")));
+            }
+            [tag, r, _] if tag.is_atom("call") => {
+                if let Some(id) = reference(r) {
+                    let body = items.pop().expect("three elements");
+                    return Ok(ClientMessage::Call { id, body });
+                }
+            }
+            _ => {}
+        }
+        // Every other case, errors included, exactly as from_term reads it.
+        Ok(Self::from_term(&Term::Tuple(items.into()))?)
+    }
+
     /// Reads a client frame.
     ///
     /// # Errors
@@ -432,6 +474,41 @@ impl ServerMessage {
             ServerMessage::Close => Term::atom("close"),
             ServerMessage::Error(r) => Term::tuple([Term::atom("error"), r.to_term()]),
         }
+    }
+
+    /// Reads a server frame's payload: [`etf::decode`] then [`from_term`], with the
+    /// same results and errors, without building the wrapper tuple of `{reply, Ref, Y}`,
+    /// `{error, Ref, Reason}` and `{send, Y}`.
+    ///
+    /// # Errors
+    /// [`ReadError::Term`] when the payload is not a term, [`ReadError::Message`] when
+    /// it is not one of the six messages.
+    ///
+    /// [`from_term`]: Self::from_term
+    pub fn decode(payload: &[u8]) -> Result<ServerMessage, ReadError> {
+        let mut items = match etf::decode_outer(payload)? {
+            etf::Outer::Tuple(items) => items,
+            etf::Outer::Term(t) => return Ok(Self::from_term(&t)?),
+        };
+        match items.as_slice() {
+            [tag, _] if tag.is_atom("send") => {
+                return Ok(ServerMessage::Send(items.pop().expect("two elements")));
+            }
+            [tag, r, _] if tag.is_atom("reply") || tag.is_atom("error") => {
+                if let Some(id) = reference(r) {
+                    let reply = tag.is_atom("reply");
+                    let body = items.pop().expect("three elements");
+                    return Ok(if reply {
+                        ServerMessage::Reply { id, body }
+                    } else {
+                        ServerMessage::CallError { id, reason: body }
+                    });
+                }
+            }
+            _ => {}
+        }
+        // Every other case, errors included, exactly as from_term reads it.
+        Ok(Self::from_term(&Term::Tuple(items.into()))?)
     }
 
     /// Reads a server frame.

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use lib_chan_protocol::message::{ClientMessage, ErrorReason, Ref, ServerMessage};
-use lib_chan_protocol::{etf, FrameCodec, FrameError, Term};
+use lib_chan_protocol::message::{ClientMessage, ErrorReason, ReadError, Ref, ServerMessage};
+use lib_chan_protocol::{FrameCodec, FrameError, Term};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -321,15 +321,17 @@ where
             }
             Some(Err(e)) => return Err(CloseReason::ClientGone(e.to_string())),
         };
-        let term = etf::decode(&payload).map_err(|e| {
-            protocol_error!(peer = %self.middle_man.peer(), error = %e, "bad term from client");
-            CloseReason::Protocol(ErrorReason::BadTerm)
-        })?;
-        let message = ClientMessage::from_term(&term).map_err(|e| {
-            // After authentication a short escaped snippet may be shown (MessageError
-            // cuts it to about 80 characters).
-            protocol_error!(peer = %self.middle_man.peer(), error = %e.to_string().escape_debug(), "bad message from client");
-            CloseReason::Protocol(ErrorReason::BadMessage)
+        let message = ClientMessage::decode(&payload).map_err(|e| match e {
+            ReadError::Term(e) => {
+                protocol_error!(peer = %self.middle_man.peer(), error = %e, "bad term from client");
+                CloseReason::Protocol(ErrorReason::BadTerm)
+            }
+            ReadError::Message(e) => {
+                // After authentication a short escaped snippet may be shown (MessageError
+                // cuts it to about 80 characters).
+                protocol_error!(peer = %self.middle_man.peer(), error = %e.to_string().escape_debug(), "bad message from client");
+                CloseReason::Protocol(ErrorReason::BadMessage)
+            }
         })?;
         match message {
             ClientMessage::Send(x) => Ok(Some(Event::Send(x))),
