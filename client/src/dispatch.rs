@@ -158,6 +158,7 @@ impl Dispatch {
                 close_frame: &close_frame,
                 codec: &codec,
                 next_ref: &next_ref,
+                heard: &liveness.heard,
             };
             let write = writer.run(&mut wr);
             let keepalive = keepalive_loop(keepalive, &liveness, ping_tx);
@@ -308,6 +309,9 @@ struct Writer<'a> {
     codec: &'a FrameCodec,
     /// Where keepalive pings take their `Ref`.
     next_ref: &'a AtomicU64,
+    /// How many frames the reader has received: replies since the last write mean
+    /// callers were just woken, and may be about to queue frames.
+    heard: &'a AtomicU64,
 }
 
 impl Writer<'_> {
@@ -321,10 +325,13 @@ impl Writer<'_> {
             close_frame,
             codec,
             next_ref,
+            heard,
         } = self;
         let mut batch = BytesMut::new();
         // Whether the last write carried more than one frame.
         let mut last_was_batch = false;
+        // `heard` at the last write.
+        let mut heard_at_write = heard.load(Ordering::Relaxed);
         loop {
             let first = tokio::select! {
                 biased;
@@ -350,13 +357,18 @@ impl Writer<'_> {
                 return close_sequence(wr, outgoing, &mut batch, close_frame).await;
             };
             let mut next = outgoing.try_recv();
-            if next.is_err() && last_was_batch {
-                // Calls are coming in bursts: let the other tasks that are ready (callers
-                // woken by the last batch of replies) queue their frames too, so that the
-                // burst goes out in one write. A lone caller is not made to wait.
+            let heard_now = heard.load(Ordering::Relaxed);
+            if next.is_err() && (last_was_batch || heard_now > heard_at_write + 1) {
+                // Calls are coming in bursts, or several replies came since the last
+                // write (each woke a caller, who may be about to call again): let the
+                // tasks that are ready queue their frames too, so that they go out in one
+                // write. The first caller woken would otherwise wake this task straight
+                // away (tokio runs a task woken by the running one next), and every
+                // frame would go out alone. A lone caller is not made to wait.
                 tokio::task::yield_now().await;
                 next = outgoing.try_recv();
             }
+            heard_at_write = heard_now;
             last_was_batch = next.is_ok();
             let written = match next {
                 // Nothing else queued: write the frame as it is, no copy.
