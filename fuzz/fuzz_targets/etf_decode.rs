@@ -3,15 +3,31 @@
 //! Properties: `decode` never panics; whatever decodes encodes, the encoding decodes to
 //! an equal term, is canonical (encoding that again gives the same bytes) and is as long
 //! as `encoded_len` says; and the term prints in Erlang syntax that parses back to it
-//! (the client prints what the server sends). Bounded allocation is tested elsewhere
+//! (the client prints what the server sends); the message readers
+//! (`ClientMessage::decode`, `ServerMessage::decode`) give exactly what `decode` then
+//! `from_term` give, errors included. Bounded allocation is tested elsewhere
 //! (protocol/tests, the hostile-client suite).
 #![no_main]
 
+use lib_chan_protocol::message::{ClientMessage, ServerMessage};
 use lib_chan_protocol::{etf, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(term) = etf::decode(data) else {
+    let decoded = etf::decode(data);
+    let slow_client = decoded
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|t| ClientMessage::from_term(t).map_err(|e| e.to_string()));
+    let fast_client = ClientMessage::decode(data).map_err(|e| e.to_string());
+    assert_eq!(fast_client, slow_client, "client message reader");
+    let slow_server = decoded
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|t| ServerMessage::from_term(t).map_err(|e| e.to_string()));
+    let fast_server = ServerMessage::decode(data).map_err(|e| e.to_string());
+    assert_eq!(fast_server, slow_server, "server message reader");
+    let Ok(term) = decoded else {
         return;
     };
     let bytes = etf::encode(&term).expect("a decoded term encodes");
