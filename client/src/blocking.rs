@@ -127,6 +127,15 @@ impl Channel {
         self.runtime.block_on(self.inner.rpc_timeout(req, timeout))
     }
 
+    /// [`crate::Channel::rpc_many`], blocking until every reply or the default rpc
+    /// timeout: a batch of calls in one write, answers in request order.
+    ///
+    /// # Errors
+    /// Per request, as [`crate::Channel::rpc_many`].
+    pub fn rpc_many(&self, reqs: impl IntoIterator<Item = Term>) -> Vec<Result<Term, Error>> {
+        self.runtime.block_on(self.inner.rpc_many(reqs))
+    }
+
     /// [`crate::Channel::ping`], blocking.
     ///
     /// # Errors

@@ -34,6 +34,12 @@ fn a_blocking_client_does_a_call_and_closes() {
             .unwrap(),
         term!(two)
     );
+    let answers: Vec<_> = chan
+        .rpc_many([term!(a), term!({b, 2}), term!("c")])
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(answers, vec![term!(a), term!({b, 2}), term!("c")]);
     match chan.recv_timeout(Duration::from_millis(50)) {
         Err(Error::Timeout("recv")) => {}
         other => panic!("{other:?}"),
