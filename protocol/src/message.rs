@@ -389,24 +389,17 @@ impl ClientMessage {
     ///
     /// [`from_term`]: Self::from_term
     pub fn decode(payload: &[u8]) -> Result<ClientMessage, ReadError> {
-        let mut items = match etf::decode_outer(payload)? {
-            etf::Outer::Tuple(items) => items,
-            etf::Outer::Term(t) => return Ok(Self::from_term(&t)?),
-        };
-        match items.as_slice() {
-            [tag, _] if tag.is_atom("send") => {
-                return Ok(ClientMessage::Send(items.pop().expect("two elements")));
-            }
+        read_message(payload, Self::from_term, |items| match items.as_slice() {
+            [tag, _] if tag.is_atom("send") => Some(ClientMessage::Send(items.pop()?)),
             [tag, r, _] if tag.is_atom("call") => {
-                if let Some(id) = reference(r) {
-                    let body = items.pop().expect("three elements");
-                    return Ok(ClientMessage::Call { id, body });
-                }
+                let id = reference(r)?;
+                Some(ClientMessage::Call {
+                    id,
+                    body: items.pop()?,
+                })
             }
-            _ => {}
-        }
-        // Every other case, errors included, exactly as from_term reads it.
-        Ok(Self::from_term(&Term::Tuple(items.into()))?)
+            _ => None,
+        })
     }
 
     /// Reads a client frame.
@@ -431,6 +424,24 @@ impl ClientMessage {
             _ => Err(err()),
         }
     }
+}
+
+/// Reads a payload as a message without building an outermost tuple: `fast` takes the
+/// common messages apart from the tuple's elements; every other case, errors included,
+/// goes through `from_term`, so the result is always what decode+`from_term` gives.
+fn read_message<M>(
+    payload: &[u8],
+    from_term: fn(&Term) -> Result<M, MessageError>,
+    fast: impl FnOnce(&mut Vec<Term>) -> Option<M>,
+) -> Result<M, ReadError> {
+    let mut items = match etf::decode_outer(payload)? {
+        etf::Outer::Tuple(items) => items,
+        etf::Outer::Term(t) => return Ok(from_term(&t)?),
+    };
+    if let Some(message) = fast(&mut items) {
+        return Ok(message);
+    }
+    Ok(from_term(&Term::Tuple(items.into()))?)
 }
 
 /// An atom that is always interned (see [`crate::Atom::new`]).
@@ -486,29 +497,24 @@ impl ServerMessage {
     ///
     /// [`from_term`]: Self::from_term
     pub fn decode(payload: &[u8]) -> Result<ServerMessage, ReadError> {
-        let mut items = match etf::decode_outer(payload)? {
-            etf::Outer::Tuple(items) => items,
-            etf::Outer::Term(t) => return Ok(Self::from_term(&t)?),
-        };
-        match items.as_slice() {
-            [tag, _] if tag.is_atom("send") => {
-                return Ok(ServerMessage::Send(items.pop().expect("two elements")));
+        read_message(payload, Self::from_term, |items| match items.as_slice() {
+            [tag, _] if tag.is_atom("send") => Some(ServerMessage::Send(items.pop()?)),
+            [tag, r, _] if tag.is_atom("reply") => {
+                let id = reference(r)?;
+                Some(ServerMessage::Reply {
+                    id,
+                    body: items.pop()?,
+                })
             }
-            [tag, r, _] if tag.is_atom("reply") || tag.is_atom("error") => {
-                if let Some(id) = reference(r) {
-                    let reply = tag.is_atom("reply");
-                    let body = items.pop().expect("three elements");
-                    return Ok(if reply {
-                        ServerMessage::Reply { id, body }
-                    } else {
-                        ServerMessage::CallError { id, reason: body }
-                    });
-                }
+            [tag, r, _] if tag.is_atom("error") => {
+                let id = reference(r)?;
+                Some(ServerMessage::CallError {
+                    id,
+                    reason: items.pop()?,
+                })
             }
-            _ => {}
-        }
-        // Every other case, errors included, exactly as from_term reads it.
-        Ok(Self::from_term(&Term::Tuple(items.into()))?)
+            _ => None,
+        })
     }
 
     /// Reads a server frame.
