@@ -227,12 +227,9 @@ impl Channel {
         reqs: impl IntoIterator<Item = Term>,
         timeout: Duration,
     ) -> Vec<Result<Term, Error>> {
-        let reqs = reqs.into_iter();
+        let mut reqs = reqs.into_iter();
         let mut answers: Vec<Option<Result<Term, Error>>> = Vec::with_capacity(reqs.size_hint().0);
-        if let Err(e) = self.check_open() {
-            let Error::Closed(reason) = e else {
-                unreachable!("check_open fails with Closed only")
-            };
+        if let Some(reason) = self.closed_reason() {
             return reqs.map(|_| Err(Error::Closed(reason.clone()))).collect();
         }
         let mut frames = BytesMut::with_capacity(64 * reqs.size_hint().0.max(1));
@@ -240,7 +237,7 @@ impl Channel {
         // if this future ends before its answer came.
         let mut waiting = Vec::with_capacity(answers.capacity());
         let mut guards = Vec::with_capacity(answers.capacity());
-        for req in reqs {
+        while let Some(req) = reqs.next() {
             let index = answers.len();
             answers.push(None);
             let id = self.shared.next_ref.fetch_add(1, Ordering::Relaxed);
@@ -255,9 +252,10 @@ impl Channel {
                     guards.push(Armed::new(&self.shared.in_flight, id));
                 }
                 Err(reason) => {
-                    // Closed meanwhile: nothing of this batch goes out.
-                    return answers
-                        .into_iter()
+                    // Closed meanwhile: nothing of this batch goes out, and every
+                    // request, those not yet looked at too, gets the reason.
+                    let all = answers.len() + reqs.count();
+                    return (0..all)
                         .map(|_| Err(Error::Closed(reason.clone())))
                         .collect();
                 }
@@ -268,7 +266,9 @@ impl Channel {
             // dispatch task.
             let mut delivered = 0;
             let outcome = tokio::time::timeout(timeout, async {
-                self.send_frame(frames.freeze()).await?;
+                if self.shared.outgoing.send(frames.freeze()).await.is_err() {
+                    return Err(self.reason_now());
+                }
                 for (index, rx) in waiting.iter_mut() {
                     // Answered (or dropped) by the dispatch task, which removed the entry.
                     answers[*index] = Some(match rx.await {
@@ -277,14 +277,14 @@ impl Channel {
                     });
                     delivered += 1;
                 }
-                Ok::<(), Error>(())
+                Ok(())
             })
             .await;
+            // `Some(reason)`: the batch could not be queued; `None`: sent, and what is
+            // unanswered timed out.
             let failure = match outcome {
-                Ok(Ok(())) => None,
-                Ok(Err(Error::Closed(reason))) => Some(reason),
-                Ok(Err(other)) => unreachable!("send_frame fails with Closed only: {other}"),
-                Err(_elapsed) => None,
+                Ok(Err(reason)) => Some(reason),
+                Ok(Ok(())) | Err(_) => None,
             };
             // Whatever is still unanswered timed out, or was never sent.
             for (index, _) in &waiting {
@@ -412,13 +412,21 @@ impl Channel {
 
     /// Fails fast when the channel is closed or closing.
     fn check_open(&self) -> Result<(), Error> {
+        match self.closed_reason() {
+            Some(reason) => Err(Error::Closed(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Why nothing can be sent any more, if the channel is closed or closing.
+    fn closed_reason(&self) -> Option<CloseReason> {
         if let Some(reason) = &*self.shared.closed.borrow() {
-            return Err(Error::Closed(reason.clone()));
+            return Some(reason.clone());
         }
         if self.shared.closing.load(Ordering::Acquire) {
-            return Err(Error::Closed(CloseReason::ClosedByClient));
+            return Some(CloseReason::ClosedByClient);
         }
-        Ok(())
+        None
     }
 
     /// Why the channel is closed, for a send that found the dispatch task gone.
