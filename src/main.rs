@@ -98,12 +98,16 @@ fn data_dir() -> PathBuf {
     lib_chan_client::password_file::data_dir()
 }
 
-/// Logs to standard error; RUST_LOG overrides `default`.
+/// Logs to standard error; RUST_LOG overrides `default`. Colours only on a terminal
+/// (and not with NO_COLOR set): a journal, a file or a pipe gets plain lines.
 fn init_logging(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .try_init();
 }
