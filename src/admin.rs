@@ -53,7 +53,7 @@ pub(crate) fn hash_password() -> anyhow::Result<()> {
 pub(crate) fn check_config(file: &Path) -> anyhow::Result<()> {
     let registry = lib_chan_services::registry();
     let config = Config::load(file, &registry)?;
-    lib_chan_server::tls::server_config(&config.tls)?;
+    lib_chan_server::tls::server_config(&config.tls, None)?;
     println!("{}: OK", file.display());
     println!("  listen  {}:{}", config.bind, config.port);
     if let TlsSource::Files { cert, key } = &config.tls {

@@ -220,12 +220,15 @@ enum Pretender {
 /// Starts a pretend server; returns its address and the CA its certificate chains to.
 async fn pretender(kind: Pretender) -> (SocketAddr, tempfile::TempDir, PathBuf) {
     let (dir, certs) = common::make_certs();
-    let tls = lib_chan_server::tls::server_config(&lib_chan_server::TlsSource::Files {
-        cert: certs.cert.clone(),
-        key: certs.key.clone(),
-    })
+    let tls = lib_chan_server::tls::server_config(
+        &lib_chan_server::TlsSource::Files {
+            cert: certs.cert.clone(),
+            key: certs.key.clone(),
+        },
+        None,
+    )
     .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

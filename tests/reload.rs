@@ -164,7 +164,7 @@ async fn a_changed_password_revokes_its_connections_and_only_the_new_one_works()
         .unwrap();
 
     let mut config = config_of(&server);
-    service(&mut config, "echo").password_hash = new_hash();
+    service(&mut config, "echo").password_hash = Some(new_hash());
     let summary = handle(&server)
         .reload(config, &registry())
         .expect("reloads");
@@ -277,7 +277,7 @@ async fn a_bad_config_changes_nothing() {
     // service, a name server's args) before the fault.
     let changed = || {
         let mut c = config_of(&server);
-        service(&mut c, "echo").password_hash = new_hash();
+        service(&mut c, "echo").password_hash = Some(new_hash());
         service(&mut c, "nameServer").args = term!(changed);
         c.services.push(ServiceConfig::new(
             "extra",

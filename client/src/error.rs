@@ -88,6 +88,18 @@ pub enum Error {
     /// is wrong (the server does not say which, on purpose).
     #[error("authentication failed: unknown service or wrong password")]
     AuthFailed,
+    /// A named user's login was answered `{error, auth_failed}`: unknown user, wrong
+    /// credential, or the user may not start this service (or is disabled, expired, or
+    /// not allowed from this address); the server does not say which, on purpose.
+    #[error("login refused for user {user} with its {credential}{}: unknown user, wrong credential, or not allowed this service", origin.as_ref().map(|s| format!(" (from {s})")).unwrap_or_default())]
+    LoginFailed {
+        /// The user.
+        user: String,
+        /// The kind of credential: `password`, `ed25519 key` or `certificate`.
+        credential: &'static str,
+        /// Where the credential came from, when known; never the credential itself.
+        origin: Option<String>,
+    },
     /// The server answered `{error, busy}`: it is at a connection or authentication limit.
     #[error("the server is busy (at its connection or authentication limit); try again later")]
     Busy,

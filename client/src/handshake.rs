@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use lib_chan_protocol::message::{ErrorReason, HandshakeReply, Hello, Password};
+use lib_chan_protocol::credential::{challenge_message, Credential, Password, Proof, NONCE_LEN};
+use lib_chan_protocol::message::{ErrorReason, HandshakeReply, Hello};
 use lib_chan_protocol::{etf, FrameCodec, FrameError, Term, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION};
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
@@ -26,6 +27,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::channel::Channel;
 use crate::error::Error;
+use crate::login::{Login, LoginKind};
 use crate::options::ConnectOptions;
 
 /// The largest frame accepted from the server before the welcome. The welcome is a small
@@ -168,27 +170,59 @@ pub(crate) async fn connect(
     host: &str,
     port: u16,
     service: &str,
-    password: &[u8],
+    login: &Login,
     args: Term,
 ) -> Result<Channel, Error> {
+    if matches!(login.kind, LoginKind::Certificate { .. })
+        && opts.custom_tls.is_none()
+        && opts.trust.client_cert.is_none()
+    {
+        return Err(Error::Config(
+            "a certificate login needs a client certificate: set \
+             ConnectOptions::client_cert_files (or --cert and --cert-key)"
+                .into(),
+        ));
+    }
     let mut opened = open(opts, host, port).await?;
+    let credential = match &login.kind {
+        LoginKind::ServicePassword(p) => Credential::ServicePassword(Password(p.clone())),
+        LoginKind::UserPassword { user, password } => Credential::User {
+            name: user.clone(),
+            proof: Proof::Password(Password(password.clone())),
+        },
+        LoginKind::Key { user, key } => {
+            let nonce = challenge(&mut opened, login).await?;
+            let cert_hash = server_cert_hash(&opened)?;
+            let message = challenge_message(&nonce, &cert_hash, user, service);
+            Credential::User {
+                name: user.clone(),
+                proof: Proof::Ed25519(key.sign(&message)),
+            }
+        }
+        LoginKind::Certificate { user } => Credential::User {
+            name: user.clone(),
+            proof: Proof::Certificate,
+        },
+    };
     let hello = Hello::StartService {
         service: service.to_owned(),
-        password: Password(password.to_vec()),
+        credential,
         args,
+        options: None,
     };
     let (reply, rest) = exchange(&mut opened, &hello, "start_service handshake").await?;
     let welcome = match reply {
         HandshakeReply::Welcome(w) => w,
+        HandshakeReply::Refused(ErrorReason::AuthFailed) => return Err(login.refused()),
         HandshakeReply::Refused(reason) => return Err(refused(reason)),
-        HandshakeReply::Pong(_) => {
+        HandshakeReply::Pong(_) | HandshakeReply::Challenge { .. } => {
             return Err(Error::Protocol(format!(
-                "{} answered start_service with a pong",
+                "{} answered start_service with a pong or a challenge",
                 opened.addr
             )))
         }
     };
-    if welcome.protocol != PROTOCOL_VERSION {
+    if !(1..=PROTOCOL_VERSION).contains(&welcome.protocol) {
         return Err(Error::Protocol(format!(
             "{} speaks lib_chan protocol version {}, this client speaks {PROTOCOL_VERSION}",
             opened.addr, welcome.protocol
@@ -207,6 +241,44 @@ pub(crate) async fn connect(
     ))
 }
 
+/// `{challenge, Ref}` and the server's nonce (PROTOCOL.md section 4.2).
+async fn challenge(opened: &mut Opened, login: &Login) -> Result<[u8; NONCE_LEN], Error> {
+    /// One challenge per connection: any reference will do.
+    const CHALLENGE_REF: u64 = 1;
+    let (reply, _) = exchange(opened, &Hello::Challenge(CHALLENGE_REF), "challenge").await?;
+    match reply {
+        HandshakeReply::Challenge {
+            id: CHALLENGE_REF,
+            nonce,
+        } => <[u8; NONCE_LEN]>::try_from(nonce.as_slice()).map_err(|_| {
+            Error::Protocol(format!(
+                "{} sent a challenge nonce of {} bytes, not {NONCE_LEN}",
+                opened.addr,
+                nonce.len()
+            ))
+        }),
+        HandshakeReply::Refused(ErrorReason::AuthFailed) => Err(login.refused()),
+        HandshakeReply::Refused(reason) => Err(refused(reason)),
+        _ => Err(Error::Protocol(format!(
+            "{} did not answer the challenge request (a lib_chan server older than \
+             protocol version 2 has no key logins)",
+            opened.addr
+        ))),
+    }
+}
+
+/// SHA-256 of the server's end-entity certificate as received in this handshake.
+fn server_cert_hash(opened: &Opened) -> Result<[u8; 32], Error> {
+    let (_, session) = opened.stream.get_ref();
+    let leaf = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| Error::Protocol("the server presented no certificate".into()))?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()).as_ref());
+    Ok(out)
+}
+
 /// [`crate::ping`]: TLS, `{ping, Ref}`, `{pong, Ref}`, then an orderly TLS close.
 pub(crate) async fn ping(opts: &ConnectOptions, host: &str, port: u16) -> Result<Duration, Error> {
     /// Any reference will do: one probe per connection.
@@ -222,10 +294,12 @@ pub(crate) async fn ping(opts: &ConnectOptions, host: &str, port: u16) -> Result
             opened.addr
         ))),
         HandshakeReply::Refused(reason) => Err(refused(reason)),
-        HandshakeReply::Welcome(_) => Err(Error::Protocol(format!(
-            "{} answered a ping with a welcome",
-            opened.addr
-        ))),
+        HandshakeReply::Welcome(_) | HandshakeReply::Challenge { .. } => {
+            Err(Error::Protocol(format!(
+                "{} answered a ping with a welcome or a challenge",
+                opened.addr
+            )))
+        }
     };
     // Best effort: say goodbye (close_notify) so the server need not time us out.
     let _ = tokio::time::timeout(Duration::from_secs(1), opened.stream.shutdown()).await;

@@ -36,6 +36,8 @@
 //! - `dispatch`: the task that owns the connection, reading and writing (coalesced),
 //!   and keepalive.
 //! - `in_flight`: calls and pings waiting for an answer, by `Ref`.
+//! - [`login`]: [`Login`], the credential (service password, or a named user's password,
+//!   Ed25519 key or client certificate), and [`Ed25519Key`].
 //! - [`error`]: [`Error`] and [`CloseReason`].
 //! - [`blocking`]: the same API for non-async programs.
 //! - [`password_file`]: passwords from the environment and files like `~/.erlang.cookie`.
@@ -48,6 +50,7 @@ mod dispatch;
 pub mod error;
 mod handshake;
 mod in_flight;
+pub mod login;
 pub mod options;
 pub mod password_file;
 mod tls;
@@ -60,6 +63,7 @@ pub use error::{CloseReason, Error};
 pub use handshake::{HANDSHAKE_MAX_RECV, MIN_MAX_RECV};
 pub use lib_chan_protocol::message::{ErrorReason, Welcome};
 pub use lib_chan_protocol::{term, Term};
+pub use login::{Ed25519Key, Login};
 pub use options::ConnectOptions;
 /// The TLS library this crate uses, for [`ConnectOptions::tls_config`].
 pub use rustls;

@@ -14,6 +14,7 @@ use rustls::ClientConfig;
 
 use crate::channel::Channel;
 use crate::error::Error;
+use crate::login::Login;
 use crate::tls::{CertSource, Trust, TrustKind};
 
 /// How long the TCP connection may take to open, by default.
@@ -149,6 +150,32 @@ impl ConnectOptions {
         self.trust_changed()
     }
 
+    /// Presents this client certificate (PEM chain, leaf first) with its private key
+    /// (PEM, a file of mode 0600) when the server asks for one: the credential of
+    /// [`Login::certificate`]. Both files are read when connecting.
+    pub fn client_cert_files(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> ConnectOptions {
+        self.trust.client_cert =
+            Some((CertSource::File(cert.into()), CertSource::File(key.into())));
+        self.trust_changed()
+    }
+
+    /// As [`client_cert_files`](Self::client_cert_files), from PEM text in memory.
+    pub fn client_cert_pem(
+        mut self,
+        cert: impl AsRef<[u8]>,
+        key: impl AsRef<[u8]>,
+    ) -> ConnectOptions {
+        self.trust.client_cert = Some((
+            CertSource::Pem(cert.as_ref().to_vec()),
+            CertSource::Pem(key.as_ref().to_vec()),
+        ));
+        self.trust_changed()
+    }
+
     /// Uses this rustls configuration as it is, e.g. for client certificates (mutual
     /// TLS). It overrides the CA, pin and system-root settings. Build it with
     /// `ClientConfig::builder_with_provider`, not `ClientConfig::builder()`, which panics
@@ -248,7 +275,39 @@ impl ConnectOptions {
         password: impl AsRef<[u8]>,
         args: Term,
     ) -> Result<Channel, Error> {
-        crate::handshake::connect(&self, host, port, service, password.as_ref(), args).await
+        let login = Login::service_password(password);
+        crate::handshake::connect(&self, host, port, service, &login, args).await
+    }
+
+    /// As [`connect`](Self::connect), logging in with `login`: the service password, or
+    /// a named user's password, Ed25519 key or client certificate (PROTOCOL.md section
+    /// 4.1). A key login first asks for a challenge and signs it.
+    ///
+    /// ```no_run
+    /// use lib_chan_client::{ConnectOptions, Login, Term};
+    ///
+    /// # async fn demo() -> Result<(), lib_chan_client::Error> {
+    /// let login = Login::ed25519_file("alice", "alice.key")?;
+    /// let chan = ConnectOptions::new()
+    ///     .ca_file("certs/ca.pem")
+    ///     .connect_with("localhost", 1234, "nameServer", &login, Term::nil())
+    ///     .await?;
+    /// assert_eq!(chan.welcome().user.as_deref(), Some("alice"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); a refused user login is [`Error::LoginFailed`],
+    /// which names the user and where the credential came from.
+    pub async fn connect_with(
+        &self,
+        host: &str,
+        port: u16,
+        service: &str,
+        login: &Login,
+        args: Term,
+    ) -> Result<Channel, Error> {
+        crate::handshake::connect(self, host, port, service, login, args).await
     }
 
     /// The rustls configuration to use, built on first use and then shared.

@@ -102,6 +102,8 @@ pub(crate) struct Trust {
     pub(crate) system_roots: bool,
     /// Trust this certificate only.
     pub(crate) pinned: Option<CertSource>,
+    /// The client certificate chain and its key (PEM), presented when the server asks.
+    pub(crate) client_cert: Option<(CertSource, CertSource)>,
 }
 
 impl Trust {
@@ -136,16 +138,49 @@ impl Trust {
                 pinned: cert,
                 algorithms: provider.signature_verification_algorithms,
             };
-            builder
+            let builder = builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth()
+                .with_custom_certificate_verifier(Arc::new(verifier));
+            self.with_client_cert(builder)?
         } else {
-            builder
-                .with_root_certificates(self.roots()?)
-                .with_no_client_auth()
+            self.with_client_cert(builder.with_root_certificates(self.roots()?))?
         };
         Ok(Arc::new(config))
+    }
+
+    /// Finishes the configuration with the client certificate, or without one.
+    fn with_client_cert(
+        &self,
+        builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    ) -> Result<ClientConfig, Error> {
+        let Some((cert, key)) = &self.client_cert else {
+            return Ok(builder.with_no_client_auth());
+        };
+        let chain = cert.load("client certificate")?;
+        let key_what = key.describe("client key");
+        let pem = match key {
+            CertSource::File(path) => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)
+                    .map_err(|e| Error::Config(format!("{key_what}: {e}")))?
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(Error::Config(format!(
+                        "{key_what} is readable or writable by group or others (mode {mode:o}); run `chmod 600 {}`",
+                        path.display()
+                    )));
+                }
+                std::fs::read(path).map_err(|e| Error::Config(format!("{key_what}: {e}")))?
+            }
+            CertSource::Pem(pem) => pem.clone(),
+        };
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem)
+            .map_err(|e| Error::Config(format!("{key_what}: no usable private key: {e}")))?;
+        builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| Error::Config(format!("{key_what}: {e}")))
     }
 
     /// The CA certificates, plus the system's when asked for or when no CA was given.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{frame, peer, within, Certs};
 use lib_chan_client::{term, CloseReason, Error, ErrorReason, Term, Welcome};
-use lib_chan_protocol::message::{Hello, Password};
+use lib_chan_protocol::message::{Credential, Hello, Password};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -58,7 +58,8 @@ async fn seed_session_against_a_scripted_name_server() {
         &Welcome {
             protocol: 1,
             max_frame: 1 << 20,
-            server: "scripted-peer/1".into()
+            server: "scripted-peer/1".into(),
+            user: None,
         }
     );
     within(chan.cast(term!({store, joe, "writing a book"})))
@@ -80,8 +81,9 @@ async fn seed_session_against_a_scripted_name_server() {
         hello,
         Hello::StartService {
             service: "nameServer".into(),
-            password: Password(b"ABXy45".to_vec()),
+            credential: Credential::ServicePassword(Password(b"ABXy45".to_vec())),
             args: Term::nil(),
+            options: None,
         }
     );
     // Exactly the seed session's frames, refs from 1, then close.

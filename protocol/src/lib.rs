@@ -8,11 +8,14 @@
 //! - [`etf`]: the External Term Format encoder and the hardened decoder.
 //! - [`text`]: Erlang term syntax, parsed and printed as the Erlang shell does.
 //! - [`frame`]: [`FrameCodec`], the `{packet, 4}` codec for tokio.
+//! - [`credential`]: login credentials (service password, named users) and the signed
+//!   challenge message.
 //! - [`message`]: the handshake and the message set as Rust enums.
 //! - [`serde_term`] (feature `serde`, on by default): the serde bridge, Rust structs and
 //!   enums to and from the terms an Erlang programmer would write ([`to_term`],
 //!   [`from_term`]).
 
+pub mod credential;
 pub mod etf;
 pub mod frame;
 pub mod message;
@@ -29,4 +32,6 @@ pub use term::{Atom, Term};
 pub use text::{parse, TextError};
 
 /// The protocol version this crate speaks (PROTOCOL.md title, and the welcome's `protocol`).
-pub const PROTOCOL_VERSION: i64 = 1;
+pub const PROTOCOL_VERSION: i64 = 2;
+/// The version a server announces to a client that used only version 1 forms.
+pub const PROTOCOL_VERSION_1: i64 = 1;

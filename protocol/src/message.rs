@@ -13,30 +13,27 @@ use crate::term::{Atom, Term};
 /// A call or ping reference: a non-negative integer the client picks.
 pub type Ref = u64;
 
-/// A service password as received on the wire. Its `Debug` never shows the bytes.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(pub Vec<u8>);
+pub use crate::credential::{Credential, Password, Proof};
 
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(<redacted>)")
-    }
-}
-
-/// The client's first frame after TLS.
+/// The client's first frame after TLS (and the frames it may send before it).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Hello {
-    /// `{start_service, Service, Password, ArgsC}`.
+    /// `{start_service, Service, Credential, ArgsC}`, or with a fifth element,
+    /// `Options` (version 2, section 4.3).
     StartService {
         /// The service name (an atom or a UTF-8 binary on the wire).
         service: String,
-        /// The password (a binary or a charlist on the wire).
-        password: Password,
+        /// The service password or a named user's credential.
+        credential: Credential,
         /// `ArgsC`, handed to the handler.
         args: Term,
+        /// The handshake options map of the 5-tuple form; `None` for the 4-tuple.
+        options: Option<Term>,
     },
     /// `{ping, Ref}`: is a channel server there?
     Ping(Ref),
+    /// `{challenge, Ref}`: a nonce for a key login, please (version 2, section 4.2).
+    Challenge(Ref),
 }
 
 /// Why a connection or handshake was refused or ended: `{error, Reason}`.
@@ -113,15 +110,18 @@ impl fmt::Display for ErrorReason {
     }
 }
 
-/// What the welcome announces: `{ok, #{protocol => 1, max_frame => N, server => <<..>>}}`.
+/// What the welcome announces: `{ok, #{protocol => 1, max_frame => N, server => <<..>>}}`,
+/// and after a named user's login `user => Name` too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Welcome {
-    /// The protocol version.
+    /// The protocol version: 1 for a client that used only version 1 forms, else 2.
     pub protocol: i64,
     /// The largest frame the server accepts.
     pub max_frame: usize,
     /// The server's name and version.
     pub server: String,
+    /// The named user logged in as (version 2); `None` after a service-password login.
+    pub user: Option<String>,
 }
 
 /// The server's answer during the handshake.
@@ -133,6 +133,13 @@ pub enum HandshakeReply {
     Refused(ErrorReason),
     /// `{pong, Ref}`, the answer to a pre-handshake ping.
     Pong(Ref),
+    /// `{challenge, Ref, Nonce}`, the answer to `{challenge, Ref}` (version 2).
+    Challenge {
+        /// The client's reference.
+        id: Ref,
+        /// 32 random bytes, valid for the next `start_service` of this connection only.
+        nonce: Vec<u8>,
+    },
 }
 
 /// A frame from client to server after the handshake.
@@ -244,50 +251,77 @@ fn ref_term(id: Ref) -> Term {
 
 impl Hello {
     const EXPECTED: &'static str =
-        "{start_service, Service, Password, ArgsC} or {ping, Ref} as the first frame";
+        "{start_service, Service, Credential, ArgsC[, Options]}, {ping, Ref} or {challenge, Ref} as the first frame";
 
     /// The frame's term.
     pub fn to_term(&self) -> Term {
         match self {
             Hello::StartService {
                 service,
-                password,
+                credential,
                 args,
-            } => Term::tuple([
-                Term::atom("start_service"),
-                Term::binary(service.as_bytes()),
-                Term::binary(&password.0),
-                args.clone(),
-            ]),
+                options,
+            } => {
+                let mut items = vec![
+                    Term::atom("start_service"),
+                    Term::binary(service.as_bytes()),
+                    credential.to_term(),
+                    args.clone(),
+                ];
+                items.extend(options.clone());
+                Term::tuple(items)
+            }
             Hello::Ping(r) => Term::tuple([Term::atom("ping"), ref_term(*r)]),
+            Hello::Challenge(r) => Term::tuple([Term::atom("challenge"), ref_term(*r)]),
+        }
+    }
+
+    /// True for the forms of version 1 only: a 4-tuple `start_service` with the service
+    /// password, or a ping.
+    pub fn is_version_1(&self) -> bool {
+        match self {
+            Hello::StartService {
+                credential,
+                options,
+                ..
+            } => matches!(credential, Credential::ServicePassword(_)) && options.is_none(),
+            Hello::Ping(_) => true,
+            Hello::Challenge(_) => false,
         }
     }
 
     /// Reads a first frame.
     ///
     /// # Errors
-    /// [`MessageError`] when `t` is neither a valid `start_service` nor a `ping`.
+    /// [`MessageError`] when `t` is neither a valid `start_service`, a `ping` nor a
+    /// `challenge`.
     pub fn from_term(t: &Term) -> Result<Hello, MessageError> {
         let err = || MessageError::new(Self::EXPECTED, t);
-        if let Some([service, password, args]) = tagged(t, "start_service") {
+        let start = tagged(t, "start_service");
+        if let Some([service, credential, args, rest @ ..]) = start {
             let service = match service {
                 Term::Atom(a) => a.as_str().to_owned(),
                 Term::Binary(b) => std::str::from_utf8(b).map_err(|_| err())?.to_owned(),
                 _ => return Err(err()),
             };
-            let password = match password {
-                Term::Binary(b) => b.to_vec(),
-                Term::List(_) => password.as_charlist().ok_or_else(err)?.into_bytes(),
+            let credential = Credential::from_term(credential).ok_or_else(err)?;
+            let options = match rest {
+                [] => None,
+                [m @ Term::Map(_)] => Some(m.clone()),
                 _ => return Err(err()),
             };
             return Ok(Hello::StartService {
                 service,
-                password: Password(password),
+                credential,
                 args: args.clone(),
+                options,
             });
         }
         if let Some([r]) = tagged(t, "ping") {
             return reference(r).map(Hello::Ping).ok_or_else(err);
+        }
+        if let Some([r]) = tagged(t, "challenge") {
+            return reference(r).map(Hello::Challenge).ok_or_else(err);
         }
         Err(err())
     }
@@ -301,17 +335,28 @@ impl HandshakeReply {
         match self {
             HandshakeReply::Welcome(w) => Term::tuple([
                 Term::atom("ok"),
-                Term::map([
-                    (Term::atom("protocol"), Term::Int(w.protocol)),
-                    (
-                        Term::atom("max_frame"),
-                        Term::Int(i64::try_from(w.max_frame).unwrap_or(i64::MAX)),
+                Term::map(
+                    [
+                        (Term::atom("protocol"), Term::Int(w.protocol)),
+                        (
+                            Term::atom("max_frame"),
+                            Term::Int(i64::try_from(w.max_frame).unwrap_or(i64::MAX)),
+                        ),
+                        (Term::atom("server"), Term::binary(w.server.as_bytes())),
+                    ]
+                    .into_iter()
+                    .chain(
+                        w.user
+                            .as_ref()
+                            .map(|u| (Term::atom("user"), Term::binary(u.as_bytes()))),
                     ),
-                    (Term::atom("server"), Term::binary(w.server.as_bytes())),
-                ]),
+                ),
             ]),
             HandshakeReply::Refused(r) => Term::tuple([Term::atom("error"), r.to_term()]),
             HandshakeReply::Pong(r) => Term::tuple([Term::atom("pong"), ref_term(*r)]),
+            HandshakeReply::Challenge { id, nonce } => {
+                Term::tuple([Term::atom("challenge"), ref_term(*id), Term::binary(nonce)])
+            }
         }
     }
 
@@ -333,10 +378,15 @@ impl HandshakeReply {
                 .and_then(Term::as_binary)
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default();
+            let user = info
+                .map_get(&Term::atom("user"))
+                .and_then(Term::as_binary)
+                .map(|b| String::from_utf8_lossy(b).into_owned());
             return Ok(HandshakeReply::Welcome(Welcome {
                 protocol,
                 max_frame,
                 server,
+                user,
             }));
         }
         if let Some([reason]) = tagged(t, "error") {
@@ -344,6 +394,13 @@ impl HandshakeReply {
         }
         if let Some([r]) = tagged(t, "pong") {
             return reference(r).map(HandshakeReply::Pong).ok_or_else(err);
+        }
+        if let Some([r, Term::Binary(nonce)]) = tagged(t, "challenge") {
+            let id = reference(r).ok_or_else(err)?;
+            return Ok(HandshakeReply::Challenge {
+                id,
+                nonce: nonce.to_vec(),
+            });
         }
         Err(err())
     }
@@ -561,16 +618,78 @@ mod tests {
             h,
             Hello::StartService {
                 service: "nameServer".into(),
-                password: Password(b"ABXy45".to_vec()),
+                credential: Credential::ServicePassword(Password(b"ABXy45".to_vec())),
                 args: Term::nil(),
+                options: None,
             }
         );
+        assert!(h.is_version_1());
         // A charlist password and a binary service name are accepted too.
         let t = parse(r#"{start_service, <<"nameServer">>, "ABXy45", []}"#).unwrap();
         assert_eq!(Hello::from_term(&t).unwrap(), h);
         assert_eq!(Hello::from_term(&term!({ping, 7})).unwrap(), Hello::Ping(7));
         assert!(format!("{h:?}").contains("redacted"));
         assert!(!format!("{h:?}").contains("ABXy45"));
+    }
+
+    #[test]
+    fn version_2_first_frames_parse_and_round_trip() {
+        let key = parse(r#"{start_service, nameServer, {user, alice, {ed25519, <<1,2>>}}, "", #{session => new}}"#).unwrap();
+        let h = Hello::from_term(&key).unwrap();
+        assert!(!h.is_version_1());
+        match &h {
+            Hello::StartService {
+                credential,
+                options,
+                ..
+            } => {
+                assert_eq!(credential.user(), Some("alice"));
+                assert_eq!(credential.kind(), "ed25519");
+                assert_eq!(options, &Some(parse("#{session => new}").unwrap()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Hello::from_term(&h.to_term()).unwrap(), h);
+        assert_eq!(
+            Hello::from_term(&term!({challenge, 9})).unwrap(),
+            Hello::Challenge(9)
+        );
+        // A service password in a 5-tuple is version 2 too; options must be a map.
+        let five = parse(r#"{start_service, nameServer, <<"pw">>, "", #{}}"#).unwrap();
+        assert!(!Hello::from_term(&five).unwrap().is_version_1());
+        let not_map = parse(r#"{start_service, nameServer, <<"pw">>, "", [x]}"#).unwrap();
+        assert!(Hello::from_term(&not_map).is_err());
+        let reply = HandshakeReply::Challenge {
+            id: 9,
+            nonce: vec![5; 32],
+        };
+        assert_eq!(HandshakeReply::from_term(&reply.to_term()).unwrap(), reply);
+    }
+
+    #[test]
+    fn the_welcome_names_the_user_only_after_a_user_login() {
+        let mut w = Welcome {
+            protocol: 1,
+            max_frame: 1 << 20,
+            server: "s".into(),
+            user: None,
+        };
+        let v1 = HandshakeReply::Welcome(w.clone()).to_term();
+        assert_eq!(
+            v1,
+            parse("{ok, #{protocol => 1, max_frame => 1048576, server => <<\"s\">>}}").unwrap()
+        );
+        w.protocol = 2;
+        w.user = Some("alice".into());
+        let v2 = HandshakeReply::Welcome(w.clone()).to_term();
+        assert_eq!(
+            v2,
+            parse("{ok, #{protocol => 2, max_frame => 1048576, server => <<\"s\">>, user => <<\"alice\">>}}").unwrap()
+        );
+        assert_eq!(
+            HandshakeReply::from_term(&v2).unwrap(),
+            HandshakeReply::Welcome(w)
+        );
     }
 
     #[test]
@@ -648,7 +767,8 @@ mod tests {
             HandshakeReply::Welcome(Welcome {
                 protocol: 1,
                 max_frame: 1 << 20,
-                server: "x".into()
+                server: "x".into(),
+                user: None,
             })
         );
         assert!(HandshakeReply::from_term(&parse("{ok, #{protocol => 1}}").unwrap()).is_err());

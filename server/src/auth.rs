@@ -50,6 +50,18 @@ pub enum HashPolicyError {
     Params(String),
 }
 
+impl HashPolicyError {
+    /// The message a config error shows: for a plaintext password, how to make its hash.
+    pub fn config_message(&self) -> String {
+        match self {
+            HashPolicyError::NotAHash => "plaintext password refused: store only its hash; run \
+                 `lib_chan hash-password`, type the password, and paste the $argon2id$... line it prints"
+                .to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Checks a stored hash against the policy: argon2id, m 19 to 64 MiB, t 2 to 4, p 1 to 4,
 /// salt of 16 bytes or more.
 ///

@@ -16,8 +16,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::admission::AdmissionPolicy;
-use crate::auth::{check_hash_policy, HashPolicyError};
+use crate::auth::check_hash_policy;
 use crate::registry::Registry;
+use crate::users::{RawUser, UserConfig};
 
 /// The port the book's lib_chan uses.
 pub const DEFAULT_PORT: u16 = 1234;
@@ -82,13 +83,23 @@ impl fmt::Debug for TlsSource {
     }
 }
 
+/// Where the client CA of `[tls] client_ca` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCaSource {
+    /// A PEM file of CA certificates.
+    File(PathBuf),
+    /// PEM text held in memory.
+    Pem(String),
+}
+
 /// One `[[service]]` entry: a name, its password hash, the handler and `ArgsS`.
 #[derive(Clone)]
 pub struct ServiceConfig {
     /// The name clients ask for, e.g. `nameServer`.
     pub name: String,
-    /// The password as an argon2id PHC string.
-    pub password_hash: String,
+    /// The service password as an argon2id PHC string; `None`: only named users may start
+    /// the service.
+    pub password_hash: Option<String>,
     /// The registered handler, e.g. `mod_name_server`.
     pub handler: String,
     /// `ArgsS`, handed to the handler.
@@ -101,8 +112,17 @@ impl ServiceConfig {
     /// A service entry with no handler-specific options.
     pub fn new(name: &str, password_hash: &str, handler: &str, args: Term) -> ServiceConfig {
         ServiceConfig {
+            password_hash: Some(password_hash.to_owned()),
+            ..ServiceConfig::users_only(name, handler, args)
+        }
+    }
+
+    /// A service without a service password: only named users ([`Config::users`]) whose
+    /// `services` name it may start it.
+    pub fn users_only(name: &str, handler: &str, args: Term) -> ServiceConfig {
+        ServiceConfig {
             name: name.to_owned(),
-            password_hash: password_hash.to_owned(),
+            password_hash: None,
             handler: handler.to_owned(),
             args,
             options: ServiceOptions::default(),
@@ -210,6 +230,11 @@ pub struct Config {
     pub tls: TlsSource,
     /// The services offered (`[[service]]`).
     pub services: Vec<ServiceConfig>,
+    /// The named users (`[[user]]`).
+    pub users: Vec<UserConfig>,
+    /// `[tls] client_ca`: client certificates under this CA log in the user their subject
+    /// names.
+    pub client_ca: Option<ClientCaSource>,
     /// Limits and deadlines (`[limits]`).
     pub limits: Limits,
     /// Where the Prometheus metrics endpoint listens (`[metrics] listen`, e.g.
@@ -226,6 +251,8 @@ impl Config {
             port,
             tls,
             services: Vec::new(),
+            users: Vec::new(),
+            client_ca: None,
             limits: Limits::default(),
             metrics_listen: None,
         }
@@ -272,15 +299,22 @@ impl Config {
             })?,
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
+        let mut client_ca = None;
         let tls = match raw.tls {
             Some(t) => {
+                if let Some(ca) = &t.client_ca {
+                    let source = ClientCaSource::File(base.join(ca.get_ref()));
+                    crate::tls::client_ca(&source)
+                        .map_err(|e| doc.error(ca.span(), "tls.client_ca", &e.to_string()))?;
+                    client_ca = Some(source);
+                }
                 let tls = TlsSource::Files {
                     cert: base.join(t.cert.get_ref()),
                     key: base.join(t.key.get_ref()),
                 };
                 // Load the pair now, so an unreadable or mismatched file is reported
                 // against the line that names it.
-                if let Err(e) = crate::tls::server_config(&tls) {
+                if let Err(e) = crate::tls::server_config(&tls, None) {
                     let on_cert = e.concerns(&base.join(t.cert.get_ref()));
                     let (span, key) = if on_cert {
                         (t.cert.span(), "tls.cert")
@@ -316,12 +350,27 @@ impl Config {
         for (i, s) in raw.service.iter().enumerate() {
             services.push(s.validate(&doc, i, registry, &services, base)?);
         }
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        let mut users = Vec::new();
+        for (i, u) in raw.user.iter().enumerate() {
+            users.push(u.validate(&doc, i, &names, &users, client_ca.is_some())?);
+        }
+        if let Some(i) = unreachable_service(&services, &users) {
+            let s = &raw.service[i];
+            return Err(doc.error(
+                s.name.span(),
+                &format!("service[{i}].password"),
+                &unreachable_message(&services[i].name),
+            ));
+        }
         Ok(Config {
             source: path.to_owned(),
             bind,
             port,
             tls,
             services,
+            users,
+            client_ca,
             limits,
             metrics_listen,
         })
@@ -346,8 +395,10 @@ impl Config {
                     unknown_handler(&s.handler, registry),
                 ));
             }
-            check_hash_policy(&s.password_hash)
-                .map_err(|e| err(format!("service[{i}].password"), e.to_string()))?;
+            if let Some(hash) = &s.password_hash {
+                check_hash_policy(hash)
+                    .map_err(|e| err(format!("service[{i}].password"), e.to_string()))?;
+            }
             registry
                 .check(s)
                 .map_err(|m| err(format!("service[{i}].handler"), m))?;
@@ -358,12 +409,66 @@ impl Config {
                 ));
             }
         }
+        for (i, u) in self.users.iter().enumerate() {
+            let key = |k: &str| format!("user[{i}].{k}");
+            if u.name.is_empty() || u.name.len() > lib_chan_protocol::credential::MAX_USER_NAME {
+                return Err(err(key("name"), "must be 1 to 64 bytes of UTF-8".into()));
+            }
+            if self.users[..i].iter().any(|o| o.name == u.name) {
+                return Err(err(
+                    key("name"),
+                    format!("user `{}` is defined twice", u.name),
+                ));
+            }
+            if let crate::users::ServiceList::Named(names) = &u.services {
+                if let Some(unknown) = names
+                    .iter()
+                    .find(|n| !self.services.iter().any(|s| &s.name == *n))
+                {
+                    return Err(err(key("services"), format!("unknown service `{unknown}`")));
+                }
+            }
+            if let Some(hash) = &u.password_hash {
+                check_hash_policy(hash).map_err(|e| err(key("password"), e.to_string()))?;
+            }
+            if !u.has_credential() && self.client_ca.is_none() {
+                return Err(err(
+                    key("password"),
+                    "no credential: give the user a password, an ed25519 key or a cert_sha256"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(i) = unreachable_service(&self.services, &self.users) {
+            return Err(err(
+                format!("service[{i}].password"),
+                unreachable_message(&self.services[i].name),
+            ));
+        }
         Ok(())
     }
 }
 
+/// The first service that no credential can ever start: no service password, and no
+/// user (not disabled) whose `services` name it.
+fn unreachable_service(services: &[ServiceConfig], users: &[UserConfig]) -> Option<usize> {
+    services.iter().position(|s| {
+        s.password_hash.is_none()
+            && !users
+                .iter()
+                .any(|u| !u.disabled && u.services.contains(&s.name))
+    })
+}
+
+fn unreachable_message(service: &str) -> String {
+    format!(
+        "service `{service}` has no password and no [[user]] (not disabled) lists it in its \
+         services, so nothing could ever start it: give it a password or a user"
+    )
+}
+
 /// Parses `ADDR` or `ADDR/PREFIX` (e.g. `127.0.0.1`, `2001:db8::/32`).
-fn parse_network(text: &str) -> Result<(IpAddr, u8), String> {
+pub(crate) fn parse_network(text: &str) -> Result<(IpAddr, u8), String> {
     let bad = || format!("`{text}` is not an address or ADDRESS/PREFIX network");
     let (addr, prefix) = match text.split_once('/') {
         Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
@@ -386,7 +491,7 @@ fn unknown_handler(name: &str, registry: &Registry) -> String {
 }
 
 /// The config text, for turning byte spans into line numbers and keys.
-struct Doc<'a> {
+pub(crate) struct Doc<'a> {
     text: &'a str,
     path: &'a Path,
 }
@@ -401,7 +506,7 @@ impl Doc<'_> {
             + 1
     }
 
-    fn error(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
+    pub(crate) fn error(&self, span: Range<usize>, key: &str, message: &str) -> ConfigError {
         ConfigError {
             file: self.path.to_owned(),
             line: Some(self.line_of(span.start)),
@@ -443,6 +548,8 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     service: Vec<RawService>,
+    #[serde(default)]
+    user: Vec<RawUser>,
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -457,6 +564,7 @@ struct RawMetrics {
 struct RawTls {
     cert: Spanned<String>,
     key: Spanned<String>,
+    client_ca: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -692,7 +800,7 @@ impl RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawService {
     name: Spanned<String>,
-    password: Spanned<String>,
+    password: Option<Spanned<String>>,
     handler: Spanned<String>,
     args: Option<Spanned<String>>,
     store: Option<Spanned<String>>,
@@ -728,15 +836,10 @@ impl RawService {
                 &unknown_handler(handler, registry),
             ));
         }
-        let hash = self.password.get_ref();
-        if let Err(e) = check_hash_policy(hash) {
-            let message = match e {
-                HashPolicyError::NotAHash => "plaintext password refused: store only its hash; run \
-                     `lib_chan hash-password`, type the password, and paste the $argon2id$... line it prints"
-                    .to_owned(),
-                other => other.to_string(),
-            };
-            return Err(doc.error(self.password.span(), &key("password"), &message));
+        if let Some(password) = &self.password {
+            if let Err(e) = check_hash_policy(password.get_ref()) {
+                return Err(doc.error(password.span(), &key("password"), &e.config_message()));
+            }
         }
         let args = match &self.args {
             Some(a) => lib_chan_protocol::parse(a.get_ref()).map_err(|e| {
@@ -760,7 +863,7 @@ impl RawService {
             .unwrap_or_default();
         let config = ServiceConfig {
             name: name.clone(),
-            password_hash: hash.clone(),
+            password_hash: self.password.as_ref().map(|p| p.get_ref().clone()),
             handler: handler.clone(),
             args,
             options: ServiceOptions { store, allow },

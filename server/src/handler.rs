@@ -52,6 +52,8 @@ use std::sync::Arc;
 
 use lib_chan_protocol::message::Ref;
 use lib_chan_protocol::Term;
+
+pub use crate::users::{CredentialKind, Identity};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 /// The future a handler runs as, in its own task.
@@ -84,6 +86,7 @@ pub struct Session {
     pub(crate) events: mpsc::Receiver<Event>,
     pub(crate) args_c: Term,
     pub(crate) args_s: Term,
+    pub(crate) identity: Arc<Identity>,
 }
 
 impl Session {
@@ -105,6 +108,17 @@ impl Session {
     /// The service's `ArgsS` from the config.
     pub fn args_s(&self) -> &Term {
         &self.args_s
+    }
+
+    /// Who logged in: the service password, or a named user with its credential kind and
+    /// whether it may only read this service.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The same identity, shared (for tasks that outlive a borrow of the session).
+    pub fn identity_arc(&self) -> Arc<Identity> {
+        Arc::clone(&self.identity)
     }
 }
 
@@ -172,8 +186,14 @@ impl fmt::Debug for MiddleMan {
 /// Connection ids, unique within the process.
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A new connection id, unique within the process.
+pub(crate) fn next_connection_id() -> u64 {
+    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 impl MiddleMan {
     pub(crate) fn new(
+        id: u64,
         peer: SocketAddr,
         service: String,
         queue: usize,
@@ -181,7 +201,7 @@ impl MiddleMan {
         let (out, rx) = mpsc::unbounded_channel();
         let mm = MiddleMan {
             inner: Arc::new(MiddleManShared {
-                id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+                id,
                 peer,
                 service,
                 out,

@@ -1,18 +1,26 @@
-//! The handshake: TLS, then `{start_service, Service, Password, ArgsC}`, then the welcome.
+//! The handshake: TLS, then `{start_service, Service, Credential, ArgsC[, Options]}`
+//! (with `ping`s and `challenge`s before it), then the welcome.
 //!
 //! Runs inside the connection's own task, under two deadlines: one for TLS and one for
 //! the whole pre-authentication phase, both futures rather than signals. It returns an
 //! [`Authenticated`] value, the only way to reach a handler, so nothing the client sends
-//! before the password is verified can reach a service. An unknown service and a wrong
-//! password get the same `{error, auth_failed}`, after the same argon2 work.
+//! before its credential is verified can reach a service. The credential is decided by
+//! [`login`](crate::login); every refusal gets the same `{error, auth_failed}` after the
+//! same class of work, and one audit line ([`audit`](crate::audit)).
+//!
+//! A client that used only version 1 forms (a 4-tuple with the service password, no
+//! `challenge`) gets exactly the version 1 welcome.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
+use lib_chan_protocol::credential::NONCE_LEN;
 use lib_chan_protocol::message::{ErrorReason, HandshakeReply, Hello, Welcome};
-use lib_chan_protocol::{etf, FrameCodec, FrameError, Term, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION};
+use lib_chan_protocol::{
+    etf, FrameCodec, FrameError, Term, HANDSHAKE_MAX_FRAME, PROTOCOL_VERSION, PROTOCOL_VERSION_1,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
@@ -20,24 +28,46 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::FramedRead;
 
 use crate::admission::Outcome;
-use crate::auth::CheckOutcome;
+use crate::audit::{LoginRecord, Refusal};
+use crate::login::{self, Attempt, Binding, TlsInfo, Verdict};
+use crate::metrics::AuthResult;
 use crate::middle_man::linger_close;
 use crate::server::{ServerState, ServiceEntry};
 use crate::stats::protocol_error;
+use crate::users::Identity;
 
 /// The read buffer a connection starts with.
 const READ_BUFFER: usize = 1024;
-/// Pre-handshake pings answered on one connection at most.
+/// Pre-handshake pings and challenges answered on one connection at most.
 const MAX_PINGS: usize = 16;
 /// Extra room in the send limit over `max_frame`, so that a reply wrapping a value of
 /// `max_frame` bytes (`{reply, Ref, {ok, V}}`) still fits.
 pub(crate) const SEND_MARGIN: usize = 1024;
 
-/// A connection whose client named a service and proved its password.
+/// A connection whose client named a service and proved its credential.
 pub(crate) struct Authenticated<S> {
     pub(crate) reader: FramedRead<S, FrameCodec>,
     pub(crate) service: Arc<ServiceEntry>,
     pub(crate) args_c: Term,
+    pub(crate) identity: Identity,
+    pub(crate) binding: Binding,
+    pub(crate) tls: TlsInfo,
+}
+
+/// What `start_service` let in.
+struct Started {
+    service: Arc<ServiceEntry>,
+    args_c: Term,
+    identity: Identity,
+    binding: Binding,
+}
+
+/// Who is connecting, for the login and its audit line.
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    /// The connection id (also the middle man's, once authenticated).
+    pub(crate) conn: u64,
+    pub(crate) tls: TlsInfo,
 }
 
 /// How a handshake ended without a service.
@@ -84,6 +114,7 @@ impl HandshakeFailure {
 pub(crate) async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
+    conn: u64,
     state: &ServerState,
 ) -> Result<Authenticated<TlsStream<TcpStream>>, HandshakeFailure> {
     let limits = &state.limits;
@@ -95,6 +126,25 @@ pub(crate) async fn handshake(
         Ok(Err(e)) => return Err(HandshakeFailure::Tls(e.to_string())),
         Err(_) => return Err(HandshakeFailure::Tls("TLS handshake timed out".into())),
     };
+    let info = {
+        let (_, session) = tls.get_ref();
+        TlsInfo {
+            version: match session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLS",
+            },
+            peer_certs: session
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default(),
+        }
+    };
+    let peer = Peer {
+        addr: peer,
+        conn,
+        tls: info,
+    };
     authenticate(tls, peer, state, pre_auth_deadline).await
 }
 
@@ -102,7 +152,7 @@ pub(crate) async fn handshake(
 /// password check, by `deadline`; a refusal is answered and the stream closed.
 pub(crate) async fn authenticate<S>(
     stream: S,
-    peer: SocketAddr,
+    peer: Peer,
     state: &ServerState,
     deadline: Instant,
 ) -> Result<Authenticated<S>, HandshakeFailure>
@@ -113,11 +163,14 @@ where
     // A small read buffer: it grows with bytes that arrive (pipelined calls, large
     // values), and an idle connection, the common case, keeps only this much.
     let mut reader = FramedRead::with_capacity(stream, codec, READ_BUFFER);
-    match timeout_at(deadline, start_service(&mut reader, peer, state)).await {
-        Ok(Ok((service, args_c))) => Ok(Authenticated {
+    match timeout_at(deadline, start_service(&mut reader, &peer, state)).await {
+        Ok(Ok(started)) => Ok(Authenticated {
             reader,
-            service,
-            args_c,
+            service: started.service,
+            args_c: started.args_c,
+            identity: started.identity,
+            binding: started.binding,
+            tls: peer.tls,
         }),
         Ok(Err(failure)) => {
             refuse(reader, &failure).await;
@@ -131,17 +184,20 @@ where
     }
 }
 
-/// Reads frames until a valid `start_service` (answering pings), then authenticates;
-/// returns the service and the client's `ArgsC`.
+/// Reads frames until a valid `start_service` (answering pings and challenges), then
+/// decides the login.
 async fn start_service<S>(
     reader: &mut FramedRead<S, FrameCodec>,
-    peer: SocketAddr,
+    peer: &Peer,
     state: &ServerState,
-) -> Result<(Arc<ServiceEntry>, Term), HandshakeFailure>
+) -> Result<Started, HandshakeFailure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut pings = 0;
+    // The nonce of the last challenge: valid for the next start_service only.
+    let mut nonce: Option<[u8; NONCE_LEN]> = None;
+    let mut challenged = false;
     loop {
         let payload = match reader.next().await {
             None => return Err(HandshakeFailure::Gone("closed before start_service".into())),
@@ -158,77 +214,181 @@ where
         let term = match etf::decode(&payload) {
             Ok(t) => t,
             Err(e) => {
-                protocol_error!(%peer, error = %e, "bad first frame");
+                protocol_error!(peer = %peer.addr, error = %e, "bad first frame");
                 return Err(HandshakeFailure::Refused(ErrorReason::BadRequest));
             }
         };
         let hello = match Hello::from_term(&term) {
             Ok(h) => h,
             Err(_) if looks_like_start_service(&term) => {
-                // A start_service whose service or password has the wrong type is
+                // A start_service whose service or credential has the wrong form is
                 // answered exactly like a wrong password, after the same work, so that
                 // the reply tells nothing about what the server checks first.
+                let started = Instant::now();
                 let _ = state.checker.check("", None, Vec::new()).await;
-                protocol_error!(%peer, "start_service with a malformed service or password");
+                audit(
+                    state,
+                    peer,
+                    "malformed",
+                    None,
+                    None,
+                    "-",
+                    Err(Refusal::Malformed),
+                    started,
+                );
                 return Err(HandshakeFailure::Refused(ErrorReason::AuthFailed));
             }
             Err(_) => {
-                protocol_error!(%peer, "first frame is neither start_service nor ping");
+                protocol_error!(peer = %peer.addr, "first frame is neither start_service, ping nor challenge");
                 return Err(HandshakeFailure::Refused(ErrorReason::BadRequest));
             }
         };
+        let version_1 = hello.is_version_1() && !challenged;
         match hello {
+            Hello::Ping(_) | Hello::Challenge(_) if pings >= MAX_PINGS => {
+                return Err(HandshakeFailure::Refused(ErrorReason::BadRequest));
+            }
             Hello::Ping(r) => {
                 pings += 1;
-                if pings > MAX_PINGS {
-                    return Err(HandshakeFailure::Refused(ErrorReason::BadRequest));
-                }
                 send(reader, &HandshakeReply::Pong(r))
+                    .await
+                    .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
+            }
+            Hello::Challenge(id) => {
+                pings += 1;
+                challenged = true;
+                let mut fresh = [0u8; NONCE_LEN];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+                    .map_err(|_| HandshakeFailure::Gone("no randomness for a nonce".into()))?;
+                nonce = Some(fresh);
+                let reply = HandshakeReply::Challenge {
+                    id,
+                    nonce: fresh.to_vec(),
+                };
+                send(reader, &reply)
                     .await
                     .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
             }
             Hello::StartService {
                 service,
-                password,
+                credential,
                 args,
+                options: _,
             } => {
-                let entry = state.services.get(&service).cloned();
-                let outcome = state
-                    .checker
-                    .check(
-                        &service,
-                        entry.as_ref().map(|e| e.config.password_hash.as_str()),
-                        password.0,
-                    )
-                    .await;
-                match (outcome, entry) {
-                    (CheckOutcome::Valid, Some(entry)) => {
-                        tracing::info!(%peer, service = %service, "authenticated");
-                        let welcome = HandshakeReply::Welcome(Welcome {
-                            protocol: PROTOCOL_VERSION,
-                            max_frame: state.limits.max_frame,
-                            server: format!("lib_chan-rs {}", env!("CARGO_PKG_VERSION")),
-                        });
-                        send(reader, &welcome)
-                            .await
-                            .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
-                        reader.decoder_mut().set_max_recv(state.limits.max_frame);
-                        return Ok((entry, args));
-                    }
-                    (CheckOutcome::Busy, _) => {
-                        protocol_error!(%peer, "password checks saturated: busy");
+                let started = Instant::now();
+                let kind = credential.kind();
+                let user = credential.user().map(str::to_owned);
+                let decision = login::decide(
+                    state,
+                    Attempt {
+                        service: &service,
+                        credential,
+                        nonce: nonce.take(),
+                        peer: peer.addr,
+                        tls: &peer.tls,
+                    },
+                )
+                .await;
+                let fingerprint = decision.fingerprint.as_deref();
+                let accepted = match decision.verdict {
+                    Verdict::Accepted(a) => a,
+                    Verdict::Busy => {
+                        state.metrics.login(AuthResult::Busy, kind);
+                        audit(
+                            state,
+                            peer,
+                            kind,
+                            user.as_deref(),
+                            fingerprint,
+                            &service,
+                            Ok("busy"),
+                            started,
+                        );
                         return Err(HandshakeFailure::Refused(ErrorReason::Busy));
                     }
-                    _ => {
-                        // The service name is the client's text: log a bounded snippet.
-                        let shown: String = service.chars().take(64).collect();
-                        protocol_error!(%peer, service = %shown.escape_debug(), "authentication failed");
+                    Verdict::Refused(refusal) => {
+                        state.metrics.login(AuthResult::Failed, kind);
+                        audit(
+                            state,
+                            peer,
+                            kind,
+                            user.as_deref(),
+                            fingerprint,
+                            &service,
+                            Err(refusal),
+                            started,
+                        );
                         return Err(HandshakeFailure::Refused(ErrorReason::AuthFailed));
                     }
-                }
+                };
+                state.metrics.login(AuthResult::Ok, kind);
+                audit(
+                    state,
+                    peer,
+                    kind,
+                    user.as_deref(),
+                    fingerprint,
+                    &service,
+                    Ok("ok"),
+                    started,
+                );
+                let welcome = HandshakeReply::Welcome(Welcome {
+                    protocol: if version_1 {
+                        PROTOCOL_VERSION_1
+                    } else {
+                        PROTOCOL_VERSION
+                    },
+                    max_frame: state.limits.max_frame,
+                    server: format!("lib_chan-rs {}", env!("CARGO_PKG_VERSION")),
+                    user: accepted.identity.user().map(str::to_owned),
+                });
+                send(reader, &welcome)
+                    .await
+                    .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
+                reader.decoder_mut().set_max_recv(state.limits.max_frame);
+                return Ok(Started {
+                    service: accepted.entry,
+                    args_c: args,
+                    identity: accepted.identity,
+                    binding: accepted.binding,
+                });
             }
         }
     }
+}
+
+/// Writes the audit line of one login and records a refusal in the denial log.
+/// `outcome` is `Ok("ok" | "busy")` or the refusal.
+#[allow(clippy::too_many_arguments)]
+fn audit(
+    state: &ServerState,
+    peer: &Peer,
+    credential: &str,
+    user: Option<&str>,
+    fingerprint: Option<&str>,
+    service: &str,
+    outcome: Result<&str, Refusal>,
+    started: Instant,
+) {
+    if let Err(refusal) = outcome {
+        state.denials.record(peer.addr.ip(), user, service, refusal);
+    }
+    LoginRecord {
+        conn: peer.conn,
+        peer: peer.addr,
+        tls: peer.tls.version,
+        credential,
+        user,
+        fingerprint,
+        service,
+        outcome: match outcome {
+            Ok(o) => o,
+            Err(_) => "refused",
+        },
+        reason: outcome.err(),
+        elapsed: started.elapsed(),
+    }
+    .log();
 }
 
 /// Writes one handshake frame and flushes it.
@@ -262,7 +422,7 @@ where
     }
 }
 
-/// A 4-tuple tagged `start_service`, whatever its fields hold.
+/// A 4- or 5-tuple tagged `start_service`, whatever its fields hold.
 fn looks_like_start_service(t: &Term) -> bool {
-    matches!(t.as_tuple(), Some([tag, _, _, _]) if tag.is_atom("start_service"))
+    matches!(t.as_tuple(), Some([tag, _, _, _] | [tag, _, _, _, _]) if tag.is_atom("start_service"))
 }

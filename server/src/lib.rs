@@ -9,6 +9,11 @@
 //! - [`stats`]: close reasons counted, protocol-error logs rate-limited.
 //! - [`metrics`]: per-service counters (atomics) and the optional Prometheus endpoint.
 //! - [`auth`]: argon2id password hashes, their policy, bounded verification.
+//! - [`users`]: named users (`[[user]]`), their credentials, and [`Identity`].
+//! - `login`: a `start_service` credential decided against the live config, uniformly.
+//! - [`audit`]: one log line per login attempt, and the record of recent refusals.
+//! - [`connections`]: the open connections, revoked one by one when a reload or an
+//!   expiry no longer lets them in.
 //! - [`registry`]: handler names to the code that makes services.
 //! - [`handler`]: the API service authors write against ([`Service`], [`Session`], ...).
 //! - `handshake`: TLS and `start_service`, under deadlines.
@@ -41,11 +46,14 @@
 //! `examples/embedded` in the repository is a whole program doing this.
 
 pub mod admission;
+pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod devcert;
 pub mod handler;
 mod handshake;
+mod login;
 pub mod metrics;
 mod middle_man;
 pub mod registry;
@@ -54,11 +62,17 @@ pub mod server;
 pub mod signal;
 pub mod stats;
 pub mod tls;
+pub mod users;
 
-pub use config::{Config, ConfigError, Limits, ServiceConfig, ServiceOptions, TlsSource};
+pub use audit::{Denial, Refusal};
+pub use config::{
+    ClientCaSource, Config, ConfigError, Limits, ServiceConfig, ServiceOptions, TlsSource,
+};
+pub use connections::ConnectionInfo;
 pub use handler::{Call, Event, HandlerFuture, MiddleMan, Service, Session};
 pub use middle_man::CloseReason;
 pub use registry::Registry;
 pub use reload::{ReloadSummary, Reloader};
 pub use server::{Server, ServerHandle, StartError};
 pub use signal::shutdown_signal;
+pub use users::{CredentialKind, Identity, ServiceList, UserConfig};

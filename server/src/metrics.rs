@@ -144,7 +144,14 @@ pub struct Metrics {
     auth_ok: AtomicU64,
     auth_failed: AtomicU64,
     auth_busy: AtomicU64,
+    /// `lib_chan_logins_total`: by result (ok, failed, busy), then by credential kind
+    /// (in the order of [`LOGIN_KINDS`]).
+    logins: [[AtomicU64; 4]; 3],
 }
+
+/// The credential kinds of `lib_chan_logins_total`.
+const LOGIN_KINDS: [&str; 4] = ["service_password", "password", "ed25519", "certificate"];
+const LOGIN_RESULTS: [&str; 3] = ["ok", "failed", "busy"];
 
 impl Metrics {
     /// The counters of `service`, made on first use (once per connection, not per message).
@@ -156,6 +163,19 @@ impl Metrics {
         let m = Arc::new(ServiceMetrics::default());
         services.insert(service.to_owned(), Arc::clone(&m));
         m
+    }
+
+    /// Counts one login decided, by result and credential kind (`service_password`,
+    /// `password`, `ed25519`, `certificate`).
+    pub(crate) fn login(&self, result: AuthResult, kind: &str) {
+        let r = match result {
+            AuthResult::Ok => 0,
+            AuthResult::Failed => 1,
+            AuthResult::Busy => 2,
+        };
+        if let Some(k) = LOGIN_KINDS.iter().position(|n| *n == kind) {
+            self.logins[r][k].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts one handshake result.
@@ -231,6 +251,20 @@ impl Metrics {
                 "lib_chan_auth_total{{result=\"{result}\"}} {}\n",
                 load(counter)
             ));
+        }
+        header(
+            &mut put,
+            "lib_chan_logins_total",
+            "counter",
+            "Logins decided, by result and credential kind.",
+        );
+        for (r, result) in LOGIN_RESULTS.iter().enumerate() {
+            for (k, kind) in LOGIN_KINDS.iter().enumerate() {
+                put(format_args!(
+                    "lib_chan_logins_total{{result=\"{result}\",credential=\"{kind}\"}} {}\n",
+                    load(&self.logins[r][k])
+                ));
+            }
         }
         header(
             &mut put,
@@ -473,6 +507,8 @@ mod tests {
         m.sent(40);
         let _open = m.connected();
         metrics.auth(AuthResult::Failed);
+        metrics.login(AuthResult::Ok, "ed25519");
+        metrics.login(AuthResult::Failed, "nonsense");
         let mut stats = StatsSnapshot {
             open: 3,
             authenticated: 1,
@@ -485,6 +521,8 @@ mod tests {
             "lib_chan_connections_unauthenticated 2",
             "lib_chan_auth_total{result=\"failed\"} 1",
             "lib_chan_auth_total{result=\"ok\"} 0",
+            "lib_chan_logins_total{result=\"ok\",credential=\"ed25519\"} 1",
+            "lib_chan_logins_total{result=\"failed\",credential=\"password\"} 0",
             "lib_chan_closes_total{reason=\"revoked\"} 2",
             "lib_chan_calls_total{service=\"echo\"} 3",
             "lib_chan_call_duration_seconds_bucket{service=\"echo\",le=\"5e-05\"} 2",

@@ -82,6 +82,10 @@ impl CloseReason {
 
 /// Everything the middle man needs besides the stream.
 pub(crate) struct Setup {
+    /// The connection id (the one the login's audit line gave).
+    pub(crate) id: u64,
+    /// Who logged in.
+    pub(crate) identity: Arc<crate::users::Identity>,
     pub(crate) service: Arc<dyn Service>,
     pub(crate) service_name: String,
     pub(crate) args_c: Term,
@@ -101,14 +105,19 @@ pub(crate) async fn run<S>(reader: FramedRead<S, FrameCodec>, setup: Setup) -> C
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (middle_man, out_rx) =
-        MiddleMan::new(setup.peer, setup.service_name, setup.limits.outbound_queue);
+    let (middle_man, out_rx) = MiddleMan::new(
+        setup.id,
+        setup.peer,
+        setup.service_name,
+        setup.limits.outbound_queue,
+    );
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let session = Session {
         middle_man: middle_man.clone(),
         events: events_rx,
         args_c: setup.args_c,
         args_s: setup.args_s,
+        identity: setup.identity,
     };
     let handler = tokio::spawn(setup.service.start(session));
     let mut conn = Connection {

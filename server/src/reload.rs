@@ -47,7 +47,35 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ServiceConfig};
 use crate::registry::Registry;
 use crate::server::{ServerState, ServiceEntry, StartError};
-use crate::tls;
+use crate::tls::{self, ClientCa, ServerTls};
+use crate::users::Users;
+
+/// The TLS side of one generation: the server's configuration (asking for client
+/// certificates when the config has a client CA or a pinned certificate), its certificate
+/// hash, and the client CA.
+pub(crate) struct TlsGeneration {
+    pub(crate) config: Arc<rustls::ServerConfig>,
+    pub(crate) cert_hash: [u8; 32],
+    pub(crate) client_ca: Option<ClientCa>,
+}
+
+/// Builds the TLS side of a generation from `config`.
+///
+/// # Errors
+/// [`StartError::Tls`] when the pair or the client CA cannot be used.
+pub(crate) fn build_tls(config: &Config) -> Result<TlsGeneration, StartError> {
+    let client_ca = config.client_ca.as_ref().map(tls::client_ca).transpose()?;
+    let wants_certs = client_ca.is_some() || config.users.iter().any(|u| u.cert_sha256.is_some());
+    let ServerTls {
+        config: tls_config,
+        cert_hash,
+    } = tls::server_config(&config.tls, wants_certs.then(tls::AnyClientCert::new))?;
+    Ok(TlsGeneration {
+        config: tls_config,
+        cert_hash,
+        client_ca,
+    })
+}
 
 /// The server's current generation, and the config it was made from.
 pub(crate) struct Live {
@@ -76,7 +104,7 @@ impl Live {
     fn reload(&self, mut config: Config, registry: &Registry) -> Result<ReloadSummary, StartError> {
         let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
         config.validate(registry)?;
-        let tls_config = tls::server_config(&config.tls)?;
+        let tls = build_tls(&config)?;
         let old = self.load();
         let mut summary = ReloadSummary::default();
         let services = build_services(&config.services, registry, &old.services, &mut summary)?;
@@ -103,10 +131,17 @@ impl Live {
             // Listed at zero from now on, before any connection.
             old.metrics.service(name);
         }
+        let users = Arc::new(Users::new(&config.users));
         let state = ServerState {
             limits: Arc::new(config.limits.clone()),
-            acceptor: TlsAcceptor::from(tls_config),
+            acceptor: TlsAcceptor::from(tls.config),
+            cert_hash: tls.cert_hash,
             services,
+            users: Arc::clone(&users),
+            client_ca: tls.client_ca,
+            connections: Arc::clone(&old.connections),
+            denials: Arc::clone(&old.denials),
+            users_changed: Arc::clone(&old.users_changed),
             checker: old.checker.clone(),
             admission: Arc::clone(&old.admission),
             stats: Arc::clone(&old.stats),
@@ -119,6 +154,15 @@ impl Live {
         for entry in &revoked {
             entry.revoked.cancel();
         }
+        // Connections of named users are checked against the new users one by one.
+        let current = self.load();
+        summary.users_revoked = current.connections.revoke_unauthorized(
+            &users,
+            current.client_ca.as_ref().map(|c| c.digest),
+            std::time::SystemTime::now(),
+        );
+        current.users_changed.notify_one();
+        drop(current);
         *applied = config;
         drop(applied);
         tracing::info!(%summary, source = %self.source(), "config reloaded");
@@ -269,6 +313,8 @@ pub struct ReloadSummary {
     pub kept: Vec<String>,
     /// Changes in the new config that need a restart and were not applied.
     pub needs_restart: Vec<String>,
+    /// Connections of named users revoked because the new users no longer let them in.
+    pub users_revoked: usize,
 }
 
 impl fmt::Display for ReloadSummary {
@@ -292,6 +338,9 @@ impl fmt::Display for ReloadSummary {
         }
         if first {
             f.write_str("no services")?;
+        }
+        if self.users_revoked > 0 {
+            write!(f, "; user connections revoked: {}", self.users_revoked)?;
         }
         Ok(())
     }

@@ -30,16 +30,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Outcome, Ticket};
+use crate::audit::{Denial, DenialLog};
 use crate::auth::PasswordChecker;
 use crate::config::{Config, ConfigError, Limits, ServiceConfig};
+use crate::connections::{ConnectionInfo, ConnectionTable};
 use crate::handler::Service;
+use crate::handshake::Peer;
 use crate::handshake::{authenticate, handshake, HandshakeFailure};
+use crate::login::TlsInfo;
 use crate::metrics::{self, AuthResult, Metrics};
 use crate::middle_man::{self, Setup};
 use crate::registry::Registry;
-use crate::reload::{build_services, Live, ReloadSummary, Reloader};
+use crate::reload::{build_services, build_tls, Live, ReloadSummary, Reloader};
 use crate::stats::{protocol_error, Stats, StatsSnapshot};
-use crate::tls::{self, TlsSetupError};
+use crate::tls::ClientCa;
+use crate::tls::TlsSetupError;
+use crate::users::Users;
 
 /// One configured service, ready to start handlers.
 pub(crate) struct ServiceEntry {
@@ -55,7 +61,19 @@ pub(crate) struct ServiceEntry {
 pub(crate) struct ServerState {
     pub(crate) limits: Arc<Limits>,
     pub(crate) acceptor: TlsAcceptor,
+    /// SHA-256 of the certificate `acceptor` presents (what key logins sign).
+    pub(crate) cert_hash: [u8; 32],
     pub(crate) services: HashMap<String, Arc<ServiceEntry>>,
+    /// The named users.
+    pub(crate) users: Arc<Users>,
+    /// `[tls] client_ca`, when set.
+    pub(crate) client_ca: Option<ClientCa>,
+    /// Open authenticated connections (shared across generations).
+    pub(crate) connections: Arc<ConnectionTable>,
+    /// Recent refusals (shared across generations).
+    pub(crate) denials: Arc<DenialLog>,
+    /// Wakes the expiry watch when a reload changed the users.
+    pub(crate) users_changed: Arc<tokio::sync::Notify>,
     pub(crate) checker: PasswordChecker,
     pub(crate) admission: Arc<Admission>,
     pub(crate) stats: Arc<Stats>,
@@ -125,7 +143,7 @@ impl Server {
     pub async fn bind(config: Config, registry: &Registry) -> Result<Server, StartError> {
         config.validate(registry)?;
         check_fd_limit(config.limits.max_connections)?;
-        let tls_config = tls::server_config(&config.tls)?;
+        let tls = build_tls(&config)?;
         let services = build_services(
             &config.services,
             registry,
@@ -161,8 +179,14 @@ impl Server {
         }
         let state = ServerState {
             limits: Arc::new(limits),
-            acceptor: TlsAcceptor::from(tls_config),
+            acceptor: TlsAcceptor::from(tls.config),
+            cert_hash: tls.cert_hash,
             services,
+            users: Arc::new(Users::new(&config.users)),
+            client_ca: tls.client_ca,
+            connections: Arc::default(),
+            denials: Arc::default(),
+            users_changed: Arc::default(),
             checker,
             admission,
             stats: Arc::new(Stats::default()),
@@ -223,6 +247,11 @@ impl Server {
             let (m, s) = (Arc::clone(&first.metrics), Arc::clone(&first.stats));
             tracker.spawn(metrics::serve(l, m, s, token.child_token()));
         }
+        tracker.spawn(crate::connections::watch_expiry(
+            Arc::clone(&live),
+            Arc::clone(&first.users_changed),
+            token.child_token(),
+        ));
         // Sized once: max_connections needs a restart to change.
         let connections = Arc::new(Semaphore::new(first.limits.max_connections));
         drop(first);
@@ -288,12 +317,23 @@ impl Server {
     {
         let state = self.live.load();
         let deadline = tokio::time::Instant::now() + state.limits.handshake_timeout;
-        let auth = match authenticate(stream, peer, &state, deadline).await {
+        let id = crate::handler::next_connection_id();
+        let who = Peer {
+            addr: peer,
+            conn: id,
+            tls: TlsInfo {
+                version: "none",
+                peer_certs: Vec::new(),
+            },
+        };
+        let auth = match authenticate(stream, who, &state, deadline).await {
             Ok(auth) => auth,
             Err(failure) => return failure.code(),
         };
         let service_metrics = state.metrics.service(&auth.service.config.name);
         let setup = Setup {
+            id,
+            identity: Arc::new(auth.identity),
             service: Arc::clone(&auth.service.service),
             service_name: auth.service.config.name.clone(),
             args_c: auth.args_c,
@@ -352,6 +392,17 @@ impl ServerHandle {
     /// The server's counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Recent login refusals, merged by source, user, service and reason, most recent
+    /// first (see [`DenialLog`]).
+    pub fn denials(&self) -> Vec<Denial> {
+        self.reloader.live.load().denials.snapshot()
+    }
+
+    /// The open authenticated connections, by id.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.reloader.live.load().connections.snapshot()
     }
 
     /// The metrics as the Prometheus endpoint would serve them (text format 0.0.4),
@@ -454,11 +505,12 @@ async fn connection(
     ticket: Ticket,
 ) {
     let _open = state.stats.opened();
-    protocol_error!(%peer, "connection opened");
+    let id = crate::handler::next_connection_id();
+    protocol_error!(%peer, conn = id, "connection opened");
     let auth = tokio::select! {
         // Boxed: its state (TLS accept, the first frame) is freed once it is done,
         // instead of staying part of this task's allocation for the connection's life.
-        result = Box::pin(handshake(tcp, peer, &state)) => result,
+        result = Box::pin(handshake(tcp, peer, id, &state)) => result,
         () = token.cancelled() => Err(HandshakeFailure::Gone("server shutting down".into())),
     };
     let auth = match auth {
@@ -487,7 +539,25 @@ async fn connection(
     let service_name = auth.service.config.name.clone();
     let service_metrics = state.metrics.service(&service_name);
     let _connected = service_metrics.connected();
+    let revoked = auth.service.revoked.child_token();
+    let identity = Arc::new(auth.identity);
+    let _registered = state.connections.register(
+        ConnectionInfo {
+            id,
+            peer,
+            service: service_name.clone(),
+            user: identity.user().map(str::to_owned),
+            credential: identity.credential(),
+            tls: auth.tls.version,
+            since: std::time::SystemTime::now(),
+        },
+        Arc::clone(&identity),
+        auth.binding,
+        revoked.clone(),
+    );
     let setup = Setup {
+        id,
+        identity,
         service: Arc::clone(&auth.service.service),
         service_name: service_name.clone(),
         args_c: auth.args_c,
@@ -495,7 +565,7 @@ async fn connection(
         peer,
         limits: Arc::clone(&state.limits),
         shutdown: token,
-        revoked: auth.service.revoked.child_token(),
+        revoked,
         metrics: service_metrics,
     };
     let reason = middle_man::run(auth.reader, setup).await;

@@ -17,6 +17,10 @@
 //! A call the store cannot carry out (disk error, Redis down) gets
 //! `{error, Ref, store_unavailable}`.
 //!
+//! A named user whose `[[user]]` entry lists this service in `read_only` may look up,
+//! list and watch, but its stores and deletes are answered `{error, Ref, forbidden}` (as
+//! sends, they are dropped with a log line).
+//!
 //! # Storage
 //! The entry's `store` key picks where the names live ([`StoreSpec`]): `memory` (the
 //! default), `file:PATH` (redb, durable before `true`) or `redis://HOST:PORT/DB` (shared
@@ -69,6 +73,11 @@ pub enum Request {
 }
 
 impl Request {
+    /// True for the requests that change the name space (refused to a read-only user).
+    pub fn writes(&self) -> bool {
+        matches!(self, Request::Store { .. } | Request::Delete(_))
+    }
+
     /// Parses a request; `None` for anything the name server does not understand.
     pub fn from_term(t: &Term) -> Option<Request> {
         if t.is_atom("names") {
@@ -329,6 +338,8 @@ impl Service for NameServer {
     fn start(self: Arc<Self>, mut session: Session) -> HandlerFuture {
         Box::pin(async move {
             let mm = session.middle_man().clone();
+            // A user given `read_only` for this service: stores and deletes are refused.
+            let read_only = session.identity().is_read_only();
             let mut state = ConnectionState {
                 space: Arc::clone(&self.space),
                 middle_man: mm.clone(),
@@ -338,6 +349,9 @@ impl Service for NameServer {
             while let Some(event) = session.next_event().await {
                 match event {
                     Event::Call(call) => match Request::from_term(call.request()) {
+                        Some(request) if read_only && request.writes() => {
+                            call.fail(Term::atom("forbidden"));
+                        }
                         Some(request) => {
                             let mut pending = state.submit(request);
                             // The memory store is done already: answer without a task.
@@ -354,6 +368,9 @@ impl Service for NameServer {
                         None => call.bad_request(),
                     },
                     Event::Send(x) => match Request::from_term(&x) {
+                        Some(request) if read_only && request.writes() => {
+                            tracing::info!(peer = %mm.peer(), user = session.identity().user().unwrap_or("-"), "name server refused a read-only user's change");
+                        }
                         Some(request) => {
                             let answers = matches!(request, Request::Lookup(_) | Request::Names);
                             let mut pending = state.submit(request);

@@ -185,6 +185,7 @@ pub fn welcome(max_frame: usize) -> Term {
         protocol: 1,
         max_frame,
         server: "scripted-peer/1".into(),
+        user: None,
     })
     .to_term();
     // Add a key the client does not know.
