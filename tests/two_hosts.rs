@@ -371,7 +371,9 @@ fn two_machines_gandalf_serves_bilbo() {
     let log = server.kill();
     assert!(
         log.lines()
-            .any(|l| l.contains("authenticated") && l.contains(&format!("{BILBO_IP}:"))),
+            .any(|l| l.contains("lib_chan::audit: login")
+                && l.contains("outcome=\"ok\"")
+                && l.contains(&format!("{BILBO_IP}:"))),
         "no connection from {BILBO_IP} in the server's log:\n{log}"
     );
 }

@@ -158,13 +158,13 @@ async fn another_protocol_version_is_a_protocol_error() {
     let answer = Term::tuple([
         Term::atom("ok"),
         Term::map([
-            (Term::atom("protocol"), Term::Int(2)),
+            (Term::atom("protocol"), Term::Int(3)),
             (Term::atom("max_frame"), Term::Int(1000)),
         ]),
     ]);
     let e = connect_to_answer(answer).await;
     match e {
-        Error::Protocol(m) => assert!(m.contains("version 2"), "{m}"),
+        Error::Protocol(m) => assert!(m.contains("version 3"), "{m}"),
         other => panic!("{other:?}"),
     }
 }

@@ -34,6 +34,43 @@ impl std::fmt::Debug for DevCerts {
     }
 }
 
+/// A client certificate for a named user, from [`DevCerts::client_cert`].
+#[derive(Clone)]
+pub struct ClientCert {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// SHA-256 of the certificate's DER: a `[[user]]` entry's `cert_sha256`.
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("sha256", &crate::users::hex(&self.sha256))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCert {
+    /// Writes `NAME.pem` and `NAME.key` (mode 0600) into `dir`; returns their paths.
+    ///
+    /// # Errors
+    /// [`DevCertError::Write`] naming the file that could not be written.
+    pub fn write(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), DevCertError> {
+        fs::create_dir_all(dir).map_err(|source| DevCertError::Write {
+            path: dir.to_owned(),
+            error: source,
+        })?;
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        write_file(&cert, &self.cert_pem, 0o644)?;
+        write_file(&key, &self.key_pem, 0o600)?;
+        Ok((cert, key))
+    }
+}
+
 /// Paths of the files [`DevCerts::write`] makes in a directory.
 #[derive(Debug, Clone)]
 pub struct DevCertPaths {
@@ -131,6 +168,38 @@ impl DevCerts {
             ca_key_pem: ca_key.serialize_pem(),
             server_pem: format!("{}{}", server_cert.pem(), ca_cert.pem()),
             server_key_pem: server_key.serialize_pem(),
+        })
+    }
+
+    /// Makes a client certificate for the user `name` (its subject common name and a DNS
+    /// name, as `[tls] client_ca` maps certificates to users), signed by the CA of
+    /// `ca_pem` and `ca_key_pem` (e.g. `ca.pem` and `ca.key` of [`DevCerts::write`]).
+    ///
+    /// # Errors
+    /// [`DevCertError::Generate`] when the CA pair cannot be read or used.
+    pub fn client_cert(
+        ca_pem: &str,
+        ca_key_pem: &str,
+        name: &str,
+    ) -> Result<ClientCert, DevCertError> {
+        let ca_key = KeyPair::from_pem(ca_key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key)?;
+        let key = KeyPair::generate()?;
+        // A DNS name only where rcgen accepts the user name as one.
+        let mut params = CertificateParams::new(vec![name.to_owned()])
+            .or_else(|_| CertificateParams::new(Vec::<String>::new()))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(ClientCert {
+            sha256: crate::tls::sha256(cert.der()),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         })
     }
 
