@@ -1068,6 +1068,159 @@ args = "notUsed"
         }
     }
 
+    /// `good()` with a user appended: its `[[user]]` line is line 14.
+    fn with_user(body: &str) -> String {
+        format!("{}\n[[user]]\n{body}", good())
+    }
+
+    #[test]
+    fn users_load_with_every_key() {
+        let key = "A".repeat(43) + "=";
+        let c = parse(&with_user(&format!(
+            "name = \"alice\"\nservices = [\"nameServer\"]\nread_only = [\"nameServer\"]\npassword = \"{}\"\ned25519 = \"{key}\"\ncert_sha256 = \"{}\"\nfrom = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nexpires = \"2027-06-30T00:00:00Z\"\ndisabled = false\n",
+            hash(),
+            vec!["ab"; 32].join(":")
+        )))
+        .unwrap();
+        let u = &c.users[0];
+        assert_eq!(u.name, "alice");
+        assert!(u.services.contains("nameServer") && !u.services.contains("chat"));
+        assert!(u.read_only.contains("nameServer"));
+        assert_eq!(u.cert_sha256, Some([0xab; 32]));
+        assert_eq!(u.from.len(), 2);
+        assert_eq!(
+            crate::users::format_time(u.expires.unwrap()),
+            "2027-06-30T00:00:00Z"
+        );
+        // A service without a password is fine when a user may start it.
+        let users_only = parse(&format!(
+            "{}\n[[user]]\nname = \"bob\"\nservices = [\"*\"]\ned25519 = \"{key}\"\n",
+            good().replace(&format!("password = \"{}\"\n", hash()), "")
+        ))
+        .unwrap();
+        assert_eq!(users_only.services[0].password_hash, None);
+        assert_eq!(users_only.validate(&registry()), Ok(()));
+    }
+
+    #[test]
+    fn user_errors_name_file_line_and_key() {
+        let key = "A".repeat(43) + "=";
+        let ok_key = format!("ed25519 = \"{key}\"\n");
+        let cases: Vec<(String, usize, &str, &str)> = vec![
+            (
+                with_user(&format!("name = \"alice\"\nservices = [\"chat\"]\n{ok_key}")),
+                16,
+                "user[0].services",
+                "unknown service `chat`",
+            ),
+            (
+                with_user(&format!("name = \"\"\nservices = [\"*\"]\n{ok_key}")),
+                15,
+                "user[0].name",
+                "1 to 64 bytes",
+            ),
+            (
+                with_user(&format!("name = \"{}\"\nservices = [\"*\"]\n{ok_key}", "x".repeat(65))),
+                15,
+                "user[0].name",
+                "1 to 64 bytes",
+            ),
+            (
+                format!(
+                    "{}\n[[user]]\nname = \"a\"\nservices = [\"*\"]\n{ok_key}",
+                    with_user(&format!("name = \"a\"\nservices = [\"*\"]\n{ok_key}"))
+                ),
+                20,
+                "user[1].name",
+                "defined twice",
+            ),
+            (
+                with_user("name = \"a\"\nservices = [\"*\"]\ned25519 = \"AAAA\"\n"),
+                17,
+                "user[0].ed25519",
+                "32 bytes",
+            ),
+            (
+                with_user("name = \"a\"\nservices = [\"*\"]\ncert_sha256 = \"abc\"\n"),
+                17,
+                "user[0].cert_sha256",
+                "64 hex digits",
+            ),
+            (
+                with_user(&format!("name = \"a\"\nservices = [\"*\"]\n{ok_key}from = [\"10.0.0.0/33\"]\n")),
+                18,
+                "user[0].from",
+                "10.0.0.0/33",
+            ),
+            (
+                with_user(&format!("name = \"a\"\nservices = [\"*\"]\n{ok_key}expires = \"tomorrow\"\n")),
+                18,
+                "user[0].expires",
+                "RFC 3339",
+            ),
+            (
+                with_user("name = \"a\"\nservices = [\"*\"]\npassword = \"hunter2\"\n"),
+                17,
+                "user[0].password",
+                "plaintext password refused",
+            ),
+            (
+                with_user("name = \"a\"\nservices = [\"*\"]\n"),
+                15,
+                "user[0].password",
+                "no credential",
+            ),
+            (
+                with_user(&format!("name = \"a\"\n{ok_key}")),
+                15,
+                "user[0].services",
+                "missing or empty",
+            ),
+            (
+                with_user(&format!("name = \"a\"\nservices = [\"nameServer\"]\nread_only = [\"chat\"]\n{ok_key}")),
+                17,
+                "user[0].read_only",
+                "unknown service `chat`",
+            ),
+            (
+                with_user(&format!("name = \"a\"\nservices = [\"*\"]\n{ok_key}colour = \"red\"\n")),
+                18,
+                "colour",
+                "unknown field",
+            ),
+            // No password and nobody to start it.
+            (
+                good().replace(&format!("password = \"{}\"\n", hash()), ""),
+                9,
+                "service[0].password",
+                "nothing could ever start it",
+            ),
+            (
+                format!(
+                    "{}\n[[user]]\nname = \"a\"\nservices = [\"*\"]\n{ok_key}disabled = true\n",
+                    good().replace(&format!("password = \"{}\"\n", hash()), "")
+                ),
+                9,
+                "service[0].password",
+                "nothing could ever start it",
+            ),
+            (
+                good().replace("key = \"server.key\"", "key = \"server.key\"\nclient_ca = \"nope.pem\""),
+                7,
+                "tls.client_ca",
+                "cannot read",
+            ),
+        ];
+        for (text, line, key, words) in cases {
+            let e = parse(&text).unwrap_err();
+            let shown = e.to_string();
+            assert_eq!(e.key.as_deref(), Some(key), "{shown}\n{text}");
+            assert_eq!(e.line, Some(line), "{shown}\n{text}");
+            assert!(shown.contains(words), "{shown}");
+            assert!(!shown.contains("hunter2") || words.contains("plaintext"), "{shown}");
+        }
+    }
+
     #[test]
     fn missing_tls_duplicate_services_and_missing_files_are_errors() {
         let g = good();
