@@ -207,6 +207,32 @@ fn main() {
             ],
         ),
     );
+    // Version 2 forms: a challenge, then named-user logins (refused: the fuzz config has
+    // no users) and a service password in the 5-tuple form.
+    write(
+        "connection",
+        "challenge_then_user_logins",
+        &session(
+            0x00,
+            &[
+                "{challenge, 1}",
+                "{challenge, 2}",
+                r#"{start_service, nameServer, {user, alice, {ed25519, <<"0123456789012345678901234567890123456789012345678901234567890123">>}}, ""}"#,
+            ],
+        ),
+    );
+    write(
+        "connection",
+        "five_tuple_service_password",
+        &session(
+            0x00,
+            &[
+                r#"{start_service, nameServer, <<"ABXy45">>, "", #{session => new}}"#,
+                "{call, 1, {lookup, joe}}",
+                "close",
+            ],
+        ),
+    );
     // Kept open after pipelined calls: the idle timeout ends it.
     write(
         "connection",

@@ -251,7 +251,7 @@ async fn session(server: &Server, flags: u8, input: &[u8]) {
     let mut welcomed = false;
     for t in frames.by_ref() {
         match HandshakeReply::from_term(t) {
-            Ok(HandshakeReply::Pong(_)) => {}
+            Ok(HandshakeReply::Pong(_) | HandshakeReply::Challenge { .. }) => {}
             Ok(HandshakeReply::Welcome(w)) => {
                 assert_eq!(w.max_frame, MAX_FRAME);
                 welcomed = true;
