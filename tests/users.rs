@@ -629,3 +629,49 @@ async fn brute_force_against_a_user_is_penalized_per_source() {
     .await
     .expect("the legitimate source is not penalized");
 }
+
+#[test]
+fn the_example_config_loads_and_so_does_its_user_entry_filled_in() {
+    let dir = tempfile::tempdir().unwrap();
+    lib_chan_server::devcert::DevCerts::generate(&["localhost".into()])
+        .unwrap()
+        .write(&dir.path().join("certs"))
+        .unwrap();
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lib_chan.conf.example"),
+    )
+    .unwrap();
+    let registry = lib_chan_services::registry();
+    let path = dir.path().join("lib_chan.conf");
+    let config = lib_chan_server::Config::parse(&example, &path, &registry).unwrap();
+    assert!(config.users.is_empty(), "the example's user is commented out");
+    // Uncomment the [[user]] entry with real values: it parses as documented.
+    let start = example.find("# [[user]]").unwrap();
+    let mut text = example[..start].to_owned();
+    for line in example[start..].lines() {
+        let Some(rest) = line.strip_prefix("# ") else {
+            continue;
+        };
+        let key = rest.split(" = ").next().unwrap();
+        let filled = match key {
+            "password" => format!("password = \"{}\"", common::password_hash()),
+            "ed25519" => format!("ed25519 = \"{}\"", alice_key().public_key_base64()),
+            "cert_sha256" => format!(
+                "cert_sha256 = \"{}\"",
+                lib_chan_server::users::hex(&bob_cert().sha256)
+            ),
+            "[[user]]" | "name" | "services" | "read_only" | "from" | "expires" | "disabled" => {
+                rest.to_owned()
+            }
+            _ => continue,
+        };
+        text.push_str(&filled);
+        text.push('\n');
+    }
+    let config = lib_chan_server::Config::parse(&text, &path, &registry)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let alice = &config.users[0];
+    assert_eq!(alice.name, "alice");
+    assert!(alice.disabled && alice.password_hash.is_some() && alice.ed25519.is_some());
+    assert!(alice.read_only.contains("chat") && !alice.read_only.contains("nameServer"));
+}
