@@ -229,7 +229,7 @@ impl DenialLog {
     pub fn snapshot(&self) -> Vec<Denial> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut all: Vec<Denial> = entries.values().cloned().collect();
-        all.sort_by(|a, b| b.last.cmp(&a.last));
+        all.sort_by_key(|d| std::cmp::Reverse(d.last));
         all
     }
 }

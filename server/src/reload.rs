@@ -69,7 +69,7 @@ pub(crate) fn build_tls(config: &Config) -> Result<TlsGeneration, StartError> {
     let ServerTls {
         config: tls_config,
         cert_hash,
-    } = tls::server_config(&config.tls, wants_certs.then(tls::AnyClientCert::new))?;
+    } = tls::server_config(&config.tls, wants_certs.then(tls::AnyClientCert::verifier))?;
     Ok(TlsGeneration {
         config: tls_config,
         cert_hash,

@@ -254,7 +254,7 @@ pub struct AnyClientCert {
 
 impl AnyClientCert {
     /// The verifier, on lib_chan's crypto provider.
-    pub fn new() -> Arc<dyn ClientCertVerifier> {
+    pub fn verifier() -> Arc<dyn ClientCertVerifier> {
         Arc::new(AnyClientCert {
             provider: crypto_provider(),
         })
