@@ -53,7 +53,11 @@ async fn assert_revoked(what: &str, ch: &Channel) {
 
 async fn assert_open(what: &str, ch: &Channel) {
     let reply = within(what, ch.rpc(term!({lookup, nobody}))).await;
-    assert_eq!(reply.ok(), Some(term!(undefined)), "{what} should still answer");
+    assert_eq!(
+        reply.ok(),
+        Some(term!(undefined)),
+        "{what} should still answer"
+    );
 }
 
 #[tokio::test]
@@ -63,18 +67,33 @@ async fn a_reload_revokes_exactly_the_user_connections_it_no_longer_allows() {
     let dir = server.certs.ca.parent().unwrap().to_owned();
     let dave_cert = ca_signed(&dir, "dave");
     let o = server.options();
-    let alice_pw = login(&o, port, "nameServer", &Login::user_password("alice", ALICE_PW))
-        .await
-        .unwrap();
-    let alice_key_conn = login(&o, port, "nameServer", &Login::ed25519("alice", alice_key()))
-        .await
-        .unwrap();
+    let alice_pw = login(
+        &o,
+        port,
+        "nameServer",
+        &Login::user_password("alice", ALICE_PW),
+    )
+    .await
+    .unwrap();
+    let alice_key_conn = login(
+        &o,
+        port,
+        "nameServer",
+        &Login::ed25519("alice", alice_key()),
+    )
+    .await
+    .unwrap();
     let carol_echo = login(&o, port, "echo", &Login::user_password("carol", CAROL_PW))
         .await
         .unwrap();
-    let carol_names = login(&o, port, "nameServer", &Login::user_password("carol", CAROL_PW))
-        .await
-        .unwrap();
+    let carol_names = login(
+        &o,
+        port,
+        "nameServer",
+        &Login::user_password("carol", CAROL_PW),
+    )
+    .await
+    .unwrap();
     let bob = login(
         &o.clone().client_cert_pem(&bob_cert().cert, &bob_cert().key),
         port,
@@ -91,9 +110,14 @@ async fn a_reload_revokes_exactly_the_user_connections_it_no_longer_allows() {
     )
     .await
     .unwrap();
-    let frank = login(&o, port, "nameServer", &Login::ed25519("frank", alice_key()))
-        .await
-        .unwrap();
+    let frank = login(
+        &o,
+        port,
+        "nameServer",
+        &Login::ed25519("frank", alice_key()),
+    )
+    .await
+    .unwrap();
     let book = server.connect("nameServer").await;
     let echo_rpc = |ch: &Channel| {
         let ch = ch.clone();
@@ -101,7 +125,9 @@ async fn a_reload_revokes_exactly_the_user_connections_it_no_longer_allows() {
     };
 
     // A reload that changes no user revokes nothing.
-    let summary = handle(&server).reload(config_of(&server), &registry()).unwrap();
+    let summary = handle(&server)
+        .reload(config_of(&server), &registry())
+        .unwrap();
     assert_eq!(summary.users_revoked, 0);
 
     // Each step changes one thing; only the connections it concerns go.
@@ -115,9 +141,7 @@ async fn a_reload_revokes_exactly_the_user_connections_it_no_longer_allows() {
         ),
         (
             "carol may no longer start echo",
-            Box::new(|c| {
-                user(c, "carol").services = ServiceList::Named(vec!["nameServer".into()])
-            }),
+            Box::new(|c| user(c, "carol").services = ServiceList::Named(vec!["nameServer".into()])),
             vec![&carol_echo],
         ),
         (
@@ -125,7 +149,11 @@ async fn a_reload_revokes_exactly_the_user_connections_it_no_longer_allows() {
             Box::new(|c| user(c, "carol").read_only = ServiceList::None),
             vec![&carol_names],
         ),
-        ("bob disabled", Box::new(|c| user(c, "bob").disabled = true), vec![&bob]),
+        (
+            "bob disabled",
+            Box::new(|c| user(c, "bob").disabled = true),
+            vec![&bob],
+        ),
         (
             "dave removed",
             Box::new(|c| c.users.retain(|u| u.name != "dave")),
@@ -160,7 +188,10 @@ async fn a_reload_revokes_exactly_the_user_connections_it_no_longer_allows() {
             assert_revoked(what, ch).await;
         }
         gone.extend(revoked);
-        for ch in all.iter().filter(|c| !gone.iter().any(|g| std::ptr::eq(*g, **c))) {
+        for ch in all
+            .iter()
+            .filter(|c| !gone.iter().any(|g| std::ptr::eq(*g, **c)))
+        {
             assert_open(what, ch).await;
         }
         if !gone.iter().any(|g| std::ptr::eq(*g, &carol_echo)) {
@@ -173,12 +204,25 @@ async fn a_reload_revokes_exactly_the_user_connections_it_no_longer_allows() {
     assert_eq!(open.len(), 1, "{open:?}");
     assert_eq!(open[0].user, None);
     // A revoked user's new login follows the new config.
-    assert!(login(&o, port, "nameServer", &Login::user_password("alice", ALICE_PW))
+    assert!(login(
+        &o,
+        port,
+        "nameServer",
+        &Login::user_password("alice", ALICE_PW)
+    )
+    .await
+    .is_err());
+    assert!(
+        login(
+            &o,
+            port,
+            "nameServer",
+            &Login::user_password("alice", "new")
+        )
         .await
-        .is_err());
-    assert!(login(&o, port, "nameServer", &Login::user_password("alice", "new"))
-        .await
-        .is_err(), "alice may log in only from 10.0.0.0/8 now");
+        .is_err(),
+        "alice may log in only from 10.0.0.0/8 now"
+    );
 }
 
 #[tokio::test]
@@ -191,17 +235,33 @@ async fn an_expiry_that_passes_while_connected_revokes_and_then_refuses() {
     .await;
     let port = server.addr.port();
     let o = server.options();
-    let alice = login(&o, port, "nameServer", &Login::ed25519("alice", alice_key()))
-        .await
-        .unwrap();
-    let carol = login(&o, port, "nameServer", &Login::user_password("carol", CAROL_PW))
-        .await
-        .unwrap();
+    let alice = login(
+        &o,
+        port,
+        "nameServer",
+        &Login::ed25519("alice", alice_key()),
+    )
+    .await
+    .unwrap();
+    let carol = login(
+        &o,
+        port,
+        "nameServer",
+        &Login::user_password("carol", CAROL_PW),
+    )
+    .await
+    .unwrap();
     assert_open("before the expiry", &alice).await;
     assert_revoked("alice expired", &alice).await;
     assert!(SystemTime::now() >= expires, "not revoked before its time");
     assert_open("carol does not expire", &carol).await;
-    let again = login(&o, port, "nameServer", &Login::ed25519("alice", alice_key())).await;
+    let again = login(
+        &o,
+        port,
+        "nameServer",
+        &Login::ed25519("alice", alice_key()),
+    )
+    .await;
     assert!(again.is_err(), "{again:?}");
     assert!(handle(&server)
         .denials()
@@ -216,7 +276,54 @@ async fn an_expiry_that_passes_while_connected_revokes_and_then_refuses() {
     let summary = handle(&server).reload(config, &registry()).unwrap();
     assert_eq!(summary.users_revoked, 1);
     assert_revoked("carol's expiry moved into the past", &carol).await;
-    login(&o, port, "nameServer", &Login::ed25519("alice", alice_key()))
+    login(
+        &o,
+        port,
+        "nameServer",
+        &Login::ed25519("alice", alice_key()),
+    )
+    .await
+    .expect("alice's expiry was extended");
+}
+
+#[tokio::test]
+async fn a_resumed_tls_session_is_checked_against_the_live_config_like_a_new_one() {
+    let server = TestServer::start_with(user_fixture::configure).await;
+    let port = server.addr.port();
+    // One ConnectOptions: its TLS configuration (and session cache) is shared, so the
+    // second connection resumes the first one's TLS session.
+    let bob = server
+        .options()
+        .client_cert_pem(&bob_cert().cert, &bob_cert().key);
+    let mut tls = Vec::new();
+    for _ in 0..2 {
+        let ch = login(&bob, port, "nameServer", &Login::certificate("bob"))
+            .await
+            .expect("bob's certificate logs in, also over a resumed session");
+        tls.push(handle(&server).connections()[0].tls);
+        ch.close().await;
+        // Wait until the server has seen the close (the table is empty again).
+        within("close", async {
+            while !handle(&server).connections().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+    assert_eq!(tls, ["TLSv1.3", "TLSv1.3 resumed"]);
+    let resumed = handle(&server).metrics_text().lines().any(|l| {
+        l.starts_with("lib_chan_logins_total{result=\"ok\",credential=\"certificate\"} 2")
+    });
+    assert!(resumed, "two certificate logins counted");
+    let mut config = config_of(&server);
+    user(&mut config, "bob").services = ServiceList::Named(vec!["echo".into()]);
+    handle(&server).reload(config, &registry()).unwrap();
+    let r = login(&bob, port, "nameServer", &Login::certificate("bob")).await;
+    assert!(
+        r.is_err(),
+        "the live config no longer lets bob start nameServer: {r:?}"
+    );
+    login(&bob, port, "echo", &Login::certificate("bob"))
         .await
-        .expect("alice's expiry was extended");
+        .expect("but echo, now");
 }

@@ -1108,7 +1108,9 @@ args = "notUsed"
         let ok_key = format!("ed25519 = \"{key}\"\n");
         let cases: Vec<(String, usize, &str, &str)> = vec![
             (
-                with_user(&format!("name = \"alice\"\nservices = [\"chat\"]\n{ok_key}")),
+                with_user(&format!(
+                    "name = \"alice\"\nservices = [\"chat\"]\n{ok_key}"
+                )),
                 16,
                 "user[0].services",
                 "unknown service `chat`",
@@ -1120,7 +1122,10 @@ args = "notUsed"
                 "1 to 64 bytes",
             ),
             (
-                with_user(&format!("name = \"{}\"\nservices = [\"*\"]\n{ok_key}", "x".repeat(65))),
+                with_user(&format!(
+                    "name = \"{}\"\nservices = [\"*\"]\n{ok_key}",
+                    "x".repeat(65)
+                )),
                 15,
                 "user[0].name",
                 "1 to 64 bytes",
@@ -1147,13 +1152,17 @@ args = "notUsed"
                 "64 hex digits",
             ),
             (
-                with_user(&format!("name = \"a\"\nservices = [\"*\"]\n{ok_key}from = [\"10.0.0.0/33\"]\n")),
+                with_user(&format!(
+                    "name = \"a\"\nservices = [\"*\"]\n{ok_key}from = [\"10.0.0.0/33\"]\n"
+                )),
                 18,
                 "user[0].from",
                 "10.0.0.0/33",
             ),
             (
-                with_user(&format!("name = \"a\"\nservices = [\"*\"]\n{ok_key}expires = \"tomorrow\"\n")),
+                with_user(&format!(
+                    "name = \"a\"\nservices = [\"*\"]\n{ok_key}expires = \"tomorrow\"\n"
+                )),
                 18,
                 "user[0].expires",
                 "RFC 3339",
@@ -1177,13 +1186,17 @@ args = "notUsed"
                 "missing or empty",
             ),
             (
-                with_user(&format!("name = \"a\"\nservices = [\"nameServer\"]\nread_only = [\"chat\"]\n{ok_key}")),
+                with_user(&format!(
+                    "name = \"a\"\nservices = [\"nameServer\"]\nread_only = [\"chat\"]\n{ok_key}"
+                )),
                 17,
                 "user[0].read_only",
                 "unknown service `chat`",
             ),
             (
-                with_user(&format!("name = \"a\"\nservices = [\"*\"]\n{ok_key}colour = \"red\"\n")),
+                with_user(&format!(
+                    "name = \"a\"\nservices = [\"*\"]\n{ok_key}colour = \"red\"\n"
+                )),
                 18,
                 "colour",
                 "unknown field",
@@ -1205,7 +1218,10 @@ args = "notUsed"
                 "nothing could ever start it",
             ),
             (
-                good().replace("key = \"server.key\"", "key = \"server.key\"\nclient_ca = \"nope.pem\""),
+                good().replace(
+                    "key = \"server.key\"",
+                    "key = \"server.key\"\nclient_ca = \"nope.pem\"",
+                ),
                 7,
                 "tls.client_ca",
                 "cannot read",
@@ -1217,7 +1233,10 @@ args = "notUsed"
             assert_eq!(e.key.as_deref(), Some(key), "{shown}\n{text}");
             assert_eq!(e.line, Some(line), "{shown}\n{text}");
             assert!(shown.contains(words), "{shown}");
-            assert!(!shown.contains("hunter2") || words.contains("plaintext"), "{shown}");
+            assert!(
+                !shown.contains("hunter2") || words.contains("plaintext"),
+                "{shown}"
+            );
         }
     }
 

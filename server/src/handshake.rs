@@ -129,9 +129,14 @@ pub(crate) async fn handshake(
     let info = {
         let (_, session) = tls.get_ref();
         TlsInfo {
-            version: match session.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            version: match (
+                session.protocol_version(),
+                session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            ) {
+                (Some(rustls::ProtocolVersion::TLSv1_3), false) => "TLSv1.3",
+                (Some(rustls::ProtocolVersion::TLSv1_3), true) => "TLSv1.3 resumed",
+                (Some(rustls::ProtocolVersion::TLSv1_2), false) => "TLSv1.2",
+                (Some(rustls::ProtocolVersion::TLSv1_2), true) => "TLSv1.2 resumed",
                 _ => "TLS",
             },
             peer_certs: session

@@ -34,7 +34,8 @@ use crate::users::{hex, key_fingerprint, CredentialKind, Identity, UserConfig, U
 /// What TLS told about the connection.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TlsInfo {
-    /// `TLSv1.3`, `TLSv1.2`, or `none` for a stream without TLS (tests, fuzzing).
+    /// `TLSv1.3`, `TLSv1.2` (each with ` resumed` when the TLS session was resumed), or
+    /// `none` for a stream without TLS (tests, fuzzing).
     pub(crate) version: &'static str,
     /// The client's certificate chain, end entity first; empty when it sent none.
     pub(crate) peer_certs: Vec<CertificateDer<'static>>,
@@ -55,8 +56,9 @@ pub(crate) struct Attempt<'a> {
 pub(crate) enum Binding {
     /// The service password (reloads handle it through the service entry).
     ServicePassword,
-    /// The user's password, by its hash.
-    Password(String),
+    /// The user's password, by the SHA-256 of its PHC string (32 bytes per connection
+    /// rather than a copy of the string).
+    Password([u8; 32]),
     /// The user's public key.
     Key([u8; 32]),
     /// A certificate pinned by the user's `cert_sha256`.
@@ -151,7 +153,9 @@ pub(crate) async fn decide(state: &ServerState, attempt: Attempt<'_>) -> Decisio
                                 fingerprint: None,
                             }
                         }
-                        (CheckOutcome::Valid, Some(phc)) => Ok(Binding::Password(phc.to_owned())),
+                        (CheckOutcome::Valid, Some(phc)) => {
+                            Ok(Binding::Password(sha256(phc.as_bytes())))
+                        }
                         (_, None) if user.is_none() => Err(Refusal::UnknownUser),
                         (_, None) => Err(Refusal::NoSuchCredential),
                         (_, Some(_)) => Err(Refusal::WrongPassword),
@@ -338,7 +342,10 @@ pub(crate) fn still_allowed(
     }
     let same = match binding {
         Binding::ServicePassword => true,
-        Binding::Password(phc) => user.password_hash.as_ref() == Some(phc),
+        Binding::Password(digest) => user
+            .password_hash
+            .as_ref()
+            .is_some_and(|phc| sha256(phc.as_bytes()) == *digest),
         Binding::Key(k) => user.ed25519.as_ref() == Some(k),
         Binding::PinnedCert(fp) => user.cert_sha256.as_ref() == Some(fp),
         Binding::CaCert(digest) => ca.as_ref() == Some(digest),
