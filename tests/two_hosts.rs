@@ -370,10 +370,9 @@ fn two_machines_gandalf_serves_bilbo() {
     // The server saw its clients come from bilbo's address, over the veth link.
     let log = server.kill();
     assert!(
-        log.lines()
-            .any(|l| l.contains("lib_chan::audit: login")
-                && l.contains("outcome=\"ok\"")
-                && l.contains(&format!("{BILBO_IP}:"))),
+        log.lines().any(|l| l.contains("lib_chan::audit: login")
+            && l.contains("outcome=\"ok\"")
+            && l.contains(&format!("{BILBO_IP}:"))),
         "no connection from {BILBO_IP} in the server's log:\n{log}"
     );
 }

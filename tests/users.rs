@@ -126,7 +126,13 @@ async fn every_credential_logs_in_and_runs_the_seed_session() {
         term!(hello)
     );
     assert!(matches!(
-        login(&server.options(), port, "private", &Login::service_password(PASSWORD)).await,
+        login(
+            &server.options(),
+            port,
+            "private",
+            &Login::service_password(PASSWORD)
+        )
+        .await,
         Err(Error::AuthFailed)
     ));
     let text = handle(&server).metrics_text();
@@ -272,17 +278,94 @@ async fn every_refusal_is_the_same_answer_and_only_the_operator_learns_why() {
     };
     let cert = |u: &'static str| -> Cred { Box::new(move |_, _| user_cred(u, term!(certificate))) };
     let cases: Vec<(&str, Option<&user_fixture::Pair>, bool, Cred, &str, Refusal)> = vec![
-        ("unknown service", None, false, pw(PASSWORD), "nope", Refusal::UnknownService),
-        ("wrong service password", None, false, pw("ABXy46"), "nameServer", Refusal::WrongPassword),
-        ("service password on a users-only service", None, false, pw(PASSWORD), "private", Refusal::ServiceNeedsUser),
-        ("unknown user", None, false, user_pw("mallory", ALICE_PW), "nameServer", Refusal::UnknownUser),
-        ("wrong user password", None, false, user_pw("alice", CAROL_PW), "nameServer", Refusal::WrongPassword),
-        ("a password for a user who has none", None, false, user_pw("bob", ALICE_PW), "nameServer", Refusal::NoSuchCredential),
-        ("service not allowed", None, false, user_pw("alice", ALICE_PW), "test", Refusal::ServiceNotAllowed),
-        ("unknown service for a user", None, false, user_pw("alice", ALICE_PW), "nope", Refusal::UnknownService),
-        ("disabled", None, false, user_pw("gone", ALICE_PW), "nameServer", Refusal::Disabled),
-        ("expired", None, false, user_pw("late", ALICE_PW), "nameServer", Refusal::Expired),
-        ("source not allowed", None, false, user_pw("remote", ALICE_PW), "nameServer", Refusal::SourceNotAllowed),
+        (
+            "unknown service",
+            None,
+            false,
+            pw(PASSWORD),
+            "nope",
+            Refusal::UnknownService,
+        ),
+        (
+            "wrong service password",
+            None,
+            false,
+            pw("ABXy46"),
+            "nameServer",
+            Refusal::WrongPassword,
+        ),
+        (
+            "service password on a users-only service",
+            None,
+            false,
+            pw(PASSWORD),
+            "private",
+            Refusal::ServiceNeedsUser,
+        ),
+        (
+            "unknown user",
+            None,
+            false,
+            user_pw("mallory", ALICE_PW),
+            "nameServer",
+            Refusal::UnknownUser,
+        ),
+        (
+            "wrong user password",
+            None,
+            false,
+            user_pw("alice", CAROL_PW),
+            "nameServer",
+            Refusal::WrongPassword,
+        ),
+        (
+            "a password for a user who has none",
+            None,
+            false,
+            user_pw("bob", ALICE_PW),
+            "nameServer",
+            Refusal::NoSuchCredential,
+        ),
+        (
+            "service not allowed",
+            None,
+            false,
+            user_pw("alice", ALICE_PW),
+            "test",
+            Refusal::ServiceNotAllowed,
+        ),
+        (
+            "unknown service for a user",
+            None,
+            false,
+            user_pw("alice", ALICE_PW),
+            "nope",
+            Refusal::UnknownService,
+        ),
+        (
+            "disabled",
+            None,
+            false,
+            user_pw("gone", ALICE_PW),
+            "nameServer",
+            Refusal::Disabled,
+        ),
+        (
+            "expired",
+            None,
+            false,
+            user_pw("late", ALICE_PW),
+            "nameServer",
+            Refusal::Expired,
+        ),
+        (
+            "source not allowed",
+            None,
+            false,
+            user_pw("remote", ALICE_PW),
+            "nameServer",
+            Refusal::SourceNotAllowed,
+        ),
         (
             "key login without a challenge",
             None,
@@ -311,14 +394,47 @@ async fn every_refusal_is_the_same_answer_and_only_the_operator_learns_why() {
             "short signature",
             None,
             true,
-            Box::new(|_, _| user_cred("alice", Term::tuple([term!(ed25519), Term::binary([1u8; 10])]))),
+            Box::new(|_, _| {
+                user_cred(
+                    "alice",
+                    Term::tuple([term!(ed25519), Term::binary([1u8; 10])]),
+                )
+            }),
             "nameServer",
             Refusal::WrongSignature,
         ),
-        ("certificate login without a certificate", None, false, cert("bob"), "nameServer", Refusal::NoCertificate),
-        ("a certificate nobody pinned", Some(&stranger), false, cert("alice"), "nameServer", Refusal::CertificateNotRecognised),
-        ("a CA certificate naming someone else", Some(&erin), false, cert("dave"), "nameServer", Refusal::CertificateNotRecognised),
-        ("a CA certificate of no user", Some(&erin), false, cert("erin"), "nameServer", Refusal::UnknownUser),
+        (
+            "certificate login without a certificate",
+            None,
+            false,
+            cert("bob"),
+            "nameServer",
+            Refusal::NoCertificate,
+        ),
+        (
+            "a certificate nobody pinned",
+            Some(&stranger),
+            false,
+            cert("alice"),
+            "nameServer",
+            Refusal::CertificateNotRecognised,
+        ),
+        (
+            "a CA certificate naming someone else",
+            Some(&erin),
+            false,
+            cert("dave"),
+            "nameServer",
+            Refusal::CertificateNotRecognised,
+        ),
+        (
+            "a CA certificate of no user",
+            Some(&erin),
+            false,
+            cert("erin"),
+            "nameServer",
+            Refusal::UnknownUser,
+        ),
         (
             "malformed credential",
             None,
@@ -333,8 +449,10 @@ async fn every_refusal_is_the_same_answer_and_only_the_operator_learns_why() {
         assert_eq!(answer, want, "{what}: answered {:?}", etf::decode(&answer));
         let denials = handle(&server).denials();
         assert!(
-            denials.iter().any(|d| d.reason == reason
-                && (d.service == service || reason == Refusal::Malformed)),
+            denials
+                .iter()
+                .any(|d| d.reason == reason
+                    && (d.service == service || reason == Refusal::Malformed)),
             "{what}: no {reason} for {service} in {denials:?}"
         );
     }
@@ -407,16 +525,32 @@ async fn a_key_signature_is_bound_to_its_nonce_connection_service_user_and_certi
         .to_vec();
     type Forge = Box<dyn Fn(&[u8], &[u8; 32]) -> Term>;
     let cases: Vec<(&str, &str, Forge)> = vec![
-        ("another nonce", "alice", Box::new(|_, h| signed(&[9; 32], h, "alice", "nameServer"))),
+        (
+            "another nonce",
+            "alice",
+            Box::new(|_, h| signed(&[9; 32], h, "alice", "nameServer")),
+        ),
         (
             "another connection's nonce",
             "alice",
             Box::new(move |_, h| signed(&other_nonce, h, "alice", "nameServer")),
         ),
-        ("another service", "alice", Box::new(|n, h| signed(n, h, "alice", "echo"))),
+        (
+            "another service",
+            "alice",
+            Box::new(|n, h| signed(n, h, "alice", "echo")),
+        ),
         // frank holds alice's public key: a signature made for alice's name is not his.
-        ("another user", "frank", Box::new(|n, h| signed(n, h, "alice", "nameServer"))),
-        ("another server certificate", "alice", Box::new(|n, _| signed(n, &[3; 32], "alice", "nameServer"))),
+        (
+            "another user",
+            "frank",
+            Box::new(|n, h| signed(n, h, "alice", "nameServer")),
+        ),
+        (
+            "another server certificate",
+            "alice",
+            Box::new(|n, _| signed(n, &[3; 32], "alice", "nameServer")),
+        ),
     ];
     for (what, user, forge) in cases {
         let answer = attempt(
@@ -490,7 +624,10 @@ async fn relay(server: SocketAddr, server_ca: &std::path::Path) -> (SocketAddr, 
                 let Ok(mut client) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut upstream = RawPeer::connect(server, &upstream_ca).await.reader.into_inner();
+                let mut upstream = RawPeer::connect(server, &upstream_ca)
+                    .await
+                    .reader
+                    .into_inner();
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             });
         }
@@ -515,7 +652,13 @@ async fn a_relay_learns_a_password_but_cannot_relay_a_key_login() {
     .expect("a password login passes a relay");
     seed_session(&ch).await;
     // A key login signs the relay's certificate, not the server's: refused.
-    let r = login(&through_relay, port, "nameServer", &Login::ed25519("alice", alice_key())).await;
+    let r = login(
+        &through_relay,
+        port,
+        "nameServer",
+        &Login::ed25519("alice", alice_key()),
+    )
+    .await;
     assert!(matches!(r, Err(Error::LoginFailed { .. })), "{r:?}");
     assert!(handle(&server)
         .denials()
@@ -537,7 +680,9 @@ async fn a_read_only_user_reads_and_watches_but_cannot_write() {
     let server = start().await;
     let port = server.addr.port();
     let writer = server.connect("nameServer").await;
-    within("store", writer.rpc(term!({store, k, 1}))).await.unwrap();
+    within("store", writer.rpc(term!({store, k, 1})))
+        .await
+        .unwrap();
     let carol = login(
         &server.options(),
         port,
@@ -547,7 +692,9 @@ async fn a_read_only_user_reads_and_watches_but_cannot_write() {
     .await
     .unwrap();
     assert_eq!(
-        within("lookup", carol.rpc(term!({lookup, k}))).await.unwrap(),
+        within("lookup", carol.rpc(term!({lookup, k})))
+            .await
+            .unwrap(),
         term!({ok, 1})
     );
     assert_eq!(
@@ -560,15 +707,21 @@ async fn a_read_only_user_reads_and_watches_but_cannot_write() {
             other => panic!("{change}: {other:?}"),
         }
     }
-    within("cast", carol.cast(term!({store, k, 3}))).await.unwrap();
+    within("cast", carol.cast(term!({store, k, 3})))
+        .await
+        .unwrap();
     assert_eq!(
-        within("lookup", writer.rpc(term!({lookup, k}))).await.unwrap(),
+        within("lookup", writer.rpc(term!({lookup, k})))
+            .await
+            .unwrap(),
         term!({ok, 1}),
         "nothing carol sent changed the name"
     );
     // carol may write elsewhere (echo is not read-only for her), and the watch she
     // holds sees another client's change.
-    within("store", writer.rpc(term!({store, k, 4}))).await.unwrap();
+    within("store", writer.rpc(term!({store, k, 4})))
+        .await
+        .unwrap();
     assert_eq!(
         within("push", carol.recv()).await.unwrap(),
         term!({changed, k, {ok, 4}})
@@ -606,7 +759,10 @@ async fn brute_force_against_a_user_is_penalized_per_source() {
         }
     }
     assert!(auth_failed >= 2, "the first guesses are answered");
-    assert!(refused_at_accept >= 3, "then the source is refused: {refused_at_accept}");
+    assert!(
+        refused_at_accept >= 3,
+        "then the source is refused: {refused_at_accept}"
+    );
     // Even the right password is refused from that source now, while 127.0.0.1 (exempt
     // in the test harness) gets in.
     let right = RawPeer::connect_from(server.addr, &server.ca_path(), attacker).await;
@@ -618,7 +774,12 @@ async fn brute_force_against_a_user_is_penalized_per_source() {
             Term::nil(),
         ]))
         .await;
-        assert_ne!(peer.recv().await.map(|t| t.as_tuple().map(|t| t[0].clone())), Some(Some(term!(ok))));
+        assert_ne!(
+            peer.recv()
+                .await
+                .map(|t| t.as_tuple().map(|t| t[0].clone())),
+            Some(Some(term!(ok)))
+        );
     }
     login(
         &server.options(),
@@ -644,7 +805,10 @@ fn the_example_config_loads_and_so_does_its_user_entry_filled_in() {
     let registry = lib_chan_services::registry();
     let path = dir.path().join("lib_chan.conf");
     let config = lib_chan_server::Config::parse(&example, &path, &registry).unwrap();
-    assert!(config.users.is_empty(), "the example's user is commented out");
+    assert!(
+        config.users.is_empty(),
+        "the example's user is commented out"
+    );
     // Uncomment the [[user]] entry with real values: it parses as documented.
     let start = example.find("# [[user]]").unwrap();
     let mut text = example[..start].to_owned();
