@@ -16,7 +16,13 @@
 %%       Opens TLS, sends {start_service, Service, Password, ArgsC} and waits for the
 %%       welcome. Why is auth_failed (unknown service or wrong password), busy, timeout,
 %%       bad_request, {tls, Reason} (certificate refused, TLS alert, bad TLS option), a
-%%       socket error such as econnrefused or nxdomain, or {protocol, What}.
+%%       socket error such as econnrefused or nxdomain, or {protocol, What}. With the
+%%       option {user, Name} it logs in as a named user instead (see "Named users"
+%%       below); then Why may also be {bad_option, What} or {key_file, File, Reason}.
+%%   welcome(Pid) -> {ok, Welcome} | {error, closed}
+%%       The server's welcome map, with the keys this node knows: protocol (1 after a
+%%       login with the service password, 2 after a named user's), max_frame, server,
+%%       and after a named user's login user => NameBin.
 %%   cast(Pid, Term) -> ok                    one-way: {send, Term}
 %%   rpc(Pid, Term) -> Reply | {error, Why}   rpc(Pid, Term, 30000)
 %%   rpc(Pid, Term, Timeout) -> Reply | {error, Why}
@@ -43,6 +49,51 @@
 %%   {timeout, Ms}          TCP + TLS + start_service, default 10000
 %%   {atoms, existing | create}
 %%                          see "Atoms" below; default existing
+%%   {user, Name}           log in as the named user Name (an atom, a string or a
+%%                          binary: 1 to 64 bytes of UTF-8), with one of the
+%%                          credentials below (PROTOCOL.md section 4.1)
+%%   {password, P}          with {user, Name}: the user's own password (a string or a
+%%                          binary)
+%%   {ed25519_key, File}    with {user, Name}: the user's Ed25519 private key, a PKCS#8
+%%                          PEM file ("BEGIN PRIVATE KEY", as `lib_chan keygen` and
+%%                          `openssl genpkey -algorithm ed25519` write it) that only
+%%                          its owner may read (mode 0600 or stricter, as ssh wants)
+%%   {ed25519_key, {raw, Seed}}
+%%                          the same with the key's 32-byte seed (what crypto calls
+%%                          the Ed25519 private key)
+%%   certificate | {certificate, true}
+%%                          with {user, Name}: the TLS client certificate that this
+%%                          connection presents, given with ssl's own {certfile, F}
+%%                          and {keyfile, F} (or cert/key, certs_keys)
+%%
+%% Named users. {user, Name} replaces the service password by the user's credential:
+%%   {password, P}          sends {user, NameBin, {password, PBin}}
+%%   {ed25519_key, _}       asks for a challenge ({challenge, Ref}, answered by
+%%                          {challenge, Ref, Nonce}) and sends {user, NameBin,
+%%                          {ed25519, Sig}}, Sig signing the nonce, the SHA-256 of the
+%%                          server's certificate as received on this connection, the
+%%                          user and the service (PROTOCOL.md section 4.2): the
+%%                          signature is good for this connection only
+%%   certificate            sends {user, NameBin, certificate}
+%%   none of these          the Password argument is the user's own password, as if
+%%                          {password, Password} were given
+%% With a credential option the Password argument is ignored (pass ""). At most one
+%% credential option may be given, and only with {user, Name}: anything else is
+%% {error, {bad_option, What}}, before anything is sent. {password, P} is the user's
+%% only with {user, Name} and without certificate; otherwise it goes to ssl (the
+%% password of an encrypted keyfile), as before. A refused login is
+%% {error, auth_failed} whatever the cause (unknown user, wrong credential, a
+%% certificate login without a certificate, a service the user may not start). A key
+%% that cannot be used is {error, {key_file, File, Reason}}: Reason is a file error
+%% such as enoent, {mode, Mode} for a file that group or others may access, or
+%% not_ed25519; a bad raw seed is {error, {bad_option, ed25519_key}}. Errors never show
+%% a password or a key.
+%%
+%%   {ok, Pid} = lib_chan_tls:connect("localhost", 1234, nameServer, "", "",
+%%                                    [{user, alice},
+%%                                     {ed25519_key, "/home/alice/.lib_chan/alice.key"}]),
+%%   {ok, #{user := <<"alice">>}} = lib_chan_tls:welcome(Pid),
+%%
 %% Our own socket options (binary, {packet, 4}, active, packet_size) cannot be changed.
 %% Trust: {verify, verify_peer} is the default. Without cacertfile or cacerts, the CA is
 %% the file named by the environment variable LIB_CHAN_CA, else ca.pem in the lib_chan
@@ -83,7 +134,10 @@
 -module(lib_chan_tls).
 -behaviour(gen_server).
 
--export([connect/5, connect/6, cast/2, rpc/2, rpc/3, disconnect/1, known_atoms/0]).
+-include_lib("kernel/include/file.hrl").
+
+-export([connect/5, connect/6, cast/2, rpc/2, rpc/3, disconnect/1, welcome/1,
+         known_atoms/0]).
 %% Internal: proc_lib start and gen_server callbacks.
 -export([init_it/7, init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -98,12 +152,23 @@
 -define(MIN_MAX_RECV, 1048576).
 %% How many frames the socket delivers before it must be re-armed ({active, N}).
 -define(ACTIVE_N, 32).
+%% The longest user name, in UTF-8 bytes (PROTOCOL.md section 4.1).
+-define(MAX_USER_NAME, 64).
+%% What a key login signs starts with this, its NUL byte included (section 4.2).
+-define(CHALLENGE_CONTEXT, <<"lib_chan-ed25519-v2", 0>>).
+%% The Ref of our one challenge per connection.
+-define(CHALLENGE_REF, 1).
+%% The DER prefix of a PKCS#8 v1 Ed25519 private key; the 32-byte seed follows.
+-define(PKCS8_ED25519_PREFIX, 48, 46, 2, 1, 0, 48, 5, 6, 3, 43, 101, 112, 4, 34, 4, 32).
+%% id-Ed25519, 1.3.101.112 (RFC 8410).
+-define(ID_ED25519, {1, 3, 101, 112}).
 
 -record(st, {
     sock,                   %% the ssl socket
     owner,                  %% the process that connected: pushes go there
     owner_mon,              %% its monitor
     max_frame,              %% the server's limit for our frames
+    welcome = #{},          %% the server's welcome map (known keys)
     atoms,                  %% existing | create
     next_ref = 1,           %% the next call's Ref
     pending = #{},          %% Ref => gen_server:from() of the caller waiting
@@ -148,6 +213,11 @@ disconnect(Pid) ->
     catch exit:_ -> ok
     end.
 
+welcome(Pid) ->
+    try gen_server:call(Pid, welcome, ?RPC_TIMEOUT)
+    catch exit:_ -> {error, closed}
+    end.
+
 %%% The channel process: connect and handshake, then a gen_server.
 
 init_it(Owner, Host, Port, Service, Password, ArgsC, Options) ->
@@ -165,17 +235,27 @@ handshake(Host, Port, Service, Password, ArgsC, Options) ->
     Timeout = proplists:get_value(timeout, Options, ?CONNECT_TIMEOUT),
     Deadline = erlang:monotonic_time(millisecond) + Timeout,
     Atoms = proplists:get_value(atoms, Options, existing),
-    Hello = {start_service, service(Service), password(Password), ArgsC},
-    HelloBin = term_to_binary(Hello, [{minor_version, 2}]),
+    case login(Password, Options) of
+        {ok, Login, Taken} ->
+            handshake(Host, Port, service(Service), Login, ArgsC,
+                      [O || O <- Options, not lists:member(opt_key(O), Taken)],
+                      Timeout, Deadline, Atoms);
+        {error, _} = E ->
+            E
+    end.
+
+handshake(Host, Port, Service, Login, ArgsC, Options, Timeout, Deadline, Atoms) ->
+    %% The largest first frame this login sends: a key login's signature is 64 bytes.
+    Biggest = hello(Service, credential(Login, <<0:512>>), ArgsC),
     case ssl_options(Options) of
         {error, _} = E ->
             E;
-        _ when byte_size(HelloBin) > ?HANDSHAKE_MAX_SEND ->
-            {error, {too_large, byte_size(HelloBin), ?HANDSHAKE_MAX_SEND}};
+        _ when byte_size(Biggest) > ?HANDSHAKE_MAX_SEND ->
+            {error, {too_large, byte_size(Biggest), ?HANDSHAKE_MAX_SEND}};
         {ok, SslOpts} ->
             case ssl:connect(Host, Port, SslOpts, Timeout) of
                 {ok, S} ->
-                    Result = start_service(S, HelloBin, Deadline, Atoms),
+                    Result = start_service(S, Service, Login, ArgsC, Deadline, Atoms),
                     case Result of
                         {ok, _} -> ok;
                         {error, _} -> ssl:close(S)
@@ -186,12 +266,31 @@ handshake(Host, Port, Service, Password, ArgsC, Options) ->
             end
     end.
 
-start_service(S, HelloBin, Deadline, Atoms) ->
+hello(Service, Credential, ArgsC) ->
+    term_to_binary({start_service, Service, Credential, ArgsC}, [{minor_version, 2}]).
+
+%% The credential of start_service; Sig is the key login's signature.
+credential({static, Credential}, _Sig) -> Credential;
+credential({key, Name, _Seed}, Sig) -> {user, Name, {ed25519, Sig}}.
+
+start_service(S, Service, Login, ArgsC, Deadline, Atoms) ->
+    case signature(S, Service, Login, Deadline) of
+        {ok, Sig} ->
+            case exchange(S, hello(Service, credential(Login, Sig), ArgsC), Deadline) of
+                {ok, Bin} -> welcome(S, Bin, Atoms);
+                {error, _} = E -> E
+            end;
+        {error, _} = E ->
+            E
+    end.
+
+%% One frame out, the server's one answer in, by Deadline.
+exchange(S, Bin, Deadline) ->
     Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
-    case ssl:send(S, HelloBin) of
+    case ssl:send(S, Bin) of
         ok ->
             case ssl:recv(S, 0, Left) of
-                {ok, Bin} -> welcome(S, Bin, Atoms);
+                {ok, Answer} -> {ok, Answer};
                 {error, timeout} -> {error, timeout};
                 {error, closed} -> {error, {protocol, closed_without_answer}};
                 {error, Why} -> {error, {tls, Why}}
@@ -200,12 +299,50 @@ start_service(S, HelloBin, Deadline, Atoms) ->
             {error, {tls, Why}}
     end.
 
+%% A key login: the challenge, and the signature of PROTOCOL.md section 4.2.
+signature(_S, _Service, {static, _}, _Deadline) ->
+    {ok, none};
+signature(S, Service, {key, Name, Seed}, Deadline) ->
+    Ask = term_to_binary({challenge, ?CHALLENGE_REF}, [{minor_version, 2}]),
+    case exchange(S, Ask, Deadline) of
+        {ok, Bin} ->
+            case decode_handshake(Bin) of
+                {challenge, ?CHALLENGE_REF, Nonce} when byte_size(Nonce) =:= 32 ->
+                    case ssl:peercert(S) of
+                        {ok, Der} ->
+                            Msg = challenge_message(Nonce, crypto:hash(sha256, Der), Name,
+                                                    service_bytes(Service)),
+                            {ok, crypto:sign(eddsa, none, Msg, [Seed, ed25519])};
+                        {error, Why} ->
+                            {error, {tls, Why}}
+                    end;
+                {error, Reason} when is_atom(Reason) ->
+                    %% busy, timeout, bad_request, ...
+                    {error, Reason};
+                _ ->
+                    {error, {protocol, {unexpected_answer, Bin}}}
+            end;
+        {error, _} = E ->
+            E
+    end.
+
+challenge_message(Nonce, CertHash, Name, Service) ->
+    <<(?CHALLENGE_CONTEXT)/binary, Nonce:32/binary, CertHash:32/binary,
+      (byte_size(Name)):16, Name/binary, (byte_size(Service)):16, Service/binary>>.
+
+%% A frame before the welcome, or bad_answer.
+decode_handshake(Bin) ->
+    try binary_to_term(Bin, [safe])
+    catch error:badarg -> bad_answer
+    end.
+
 welcome(S, Bin, Atoms) ->
     case decode_welcome(Bin) of
-        {ok, #{protocol := 1, max_frame := MaxFrame}} when is_integer(MaxFrame), MaxFrame > 0 ->
+        {ok, #{protocol := P, max_frame := MaxFrame} = Welcome}
+          when (P =:= 1 orelse P =:= 2), is_integer(MaxFrame), MaxFrame > 0 ->
             ok = ssl:setopts(S, [{packet_size, max(MaxFrame, ?MIN_MAX_RECV)},
                                  {active, ?ACTIVE_N}]),
-            {ok, #st{sock = S, max_frame = MaxFrame, atoms = Atoms}};
+            {ok, #st{sock = S, max_frame = MaxFrame, welcome = Welcome, atoms = Atoms}};
         {ok, #{protocol := P}} ->
             {error, {protocol, {version, P}}};
         {error, Reason} when is_atom(Reason) ->
@@ -252,8 +389,138 @@ known_pairs(N, Bin, Acc) ->
            end,
     known_pairs(N - 1, R2, Acc1).
 
+%% The login the options ask for: {ok, Login, Taken} | {error, Why}, with Login
+%% {static, Credential} or {key, NameBin, Seed}, and Taken [password] when {password, _}
+%% is the user's (so not ssl's). See "Named users" above.
+login(Password, Options) ->
+    Cert = case proplists:get_value(certificate, Options, false) of
+               true -> {ok, true};
+               false -> {ok, false};
+               _ -> {error, {bad_option, certificate}}
+           end,
+    HasKey = proplists:is_defined(ed25519_key, Options),
+    case {proplists:lookup(user, Options), Cert} of
+        {_, {error, _} = E} ->
+            E;
+        {none, {ok, true}} ->
+            {error, {bad_option, {certificate, needs_user}}};
+        {none, {ok, false}} when HasKey ->
+            {error, {bad_option, {ed25519_key, needs_user}}};
+        {none, {ok, false}} ->
+            %% The book's login with the service password; {password, _} is ssl's.
+            {ok, {static, password(Password)}, []};
+        {{user, User}, {ok, Cert1}} ->
+            %% With certificate, {password, _} is ssl's (an encrypted keyfile's).
+            HasPassword = not Cert1 andalso proplists:is_defined(password, Options),
+            case {user_name(User), [K || {K, true} <- [{password, HasPassword},
+                                                          {ed25519_key, HasKey},
+                                                          {certificate, Cert1}]]} of
+                {error, _} ->
+                    {error, {bad_option, {user, User}}};
+                {{ok, Name}, []} ->
+                    user_password(Name, Password, []);
+                {{ok, Name}, [password]} ->
+                    P = proplists:get_value(password, Options),
+                    user_password(Name, P, [password]);
+                {{ok, Name}, [ed25519_key]} ->
+                    case ed25519_seed(proplists:get_value(ed25519_key, Options)) of
+                        {ok, Seed} -> {ok, {key, Name, Seed}, []};
+                        {error, _} = E -> E
+                    end;
+                {{ok, Name}, [certificate]} ->
+                    {ok, {static, {user, Name, certificate}}, []};
+                {{ok, _}, Several} ->
+                    {error, {bad_option, {several_credentials, Several}}}
+            end
+    end.
+
+user_password(Name, P, Taken) when is_binary(P); is_list(P) ->
+    case unicode:characters_to_binary(P) of
+        Bin when is_binary(Bin) -> {ok, {static, {user, Name, {password, Bin}}}, Taken};
+        _ -> {error, {bad_option, password}}
+    end;
+user_password(_Name, _P, _Taken) ->
+    %% Never the password itself in the error.
+    {error, {bad_option, password}}.
+
+%% {ok, NameBin} | error: 1 to ?MAX_USER_NAME bytes of UTF-8.
+user_name(B) when is_boolean(B) ->
+    %% A bare `user` in the options ({user, true}) names nobody.
+    error;
+user_name(A) when is_atom(A) ->
+    user_name(atom_to_binary(A, utf8));
+user_name(L) when is_list(L) ->
+    case unicode:characters_to_binary(L) of
+        B when is_binary(B) -> user_name(B);
+        _ -> error
+    end;
+user_name(B) when is_binary(B), byte_size(B) >= 1, byte_size(B) =< ?MAX_USER_NAME ->
+    case unicode:characters_to_binary(B) of
+        B -> {ok, B};
+        _ -> error
+    end;
+user_name(_) ->
+    error.
+
+%% The 32-byte Ed25519 seed of {ed25519_key, _}.
+ed25519_seed({raw, Seed}) when is_binary(Seed), byte_size(Seed) =:= 32 ->
+    {ok, Seed};
+ed25519_seed({raw, _}) ->
+    {error, {bad_option, ed25519_key}};
+ed25519_seed(File) when is_list(File); is_binary(File) ->
+    case file:read_file_info(File) of
+        {ok, #file_info{mode = Mode}} when Mode band 8#077 =/= 0 ->
+            {error, {key_file, File, {mode, Mode band 8#777}}};
+        {ok, _} ->
+            case file:read_file(File) of
+                {ok, Pem} ->
+                    case pem_seed(Pem) of
+                        {ok, Seed} -> {ok, Seed};
+                        error -> {error, {key_file, File, not_ed25519}}
+                    end;
+                {error, Why} ->
+                    {error, {key_file, File, Why}}
+            end;
+        {error, Why} ->
+            {error, {key_file, File, Why}}
+    end;
+ed25519_seed(_) ->
+    {error, {bad_option, ed25519_key}}.
+
+%% The seed in a PKCS#8 PEM private key. public_key decodes an Ed25519 PKCS#8 key to an
+%% #'ECPrivateKey'{} whose privateKey is the seed and whose parameters name id-Ed25519
+%% (OTP 24 and later); the DER of a PKCS#8 v1 key is read directly otherwise.
+pem_seed(Pem) ->
+    try public_key:pem_decode(Pem) of
+        [{'PrivateKeyInfo', Der, not_encrypted} = Entry] ->
+            Decoded = try public_key:pem_entry_decode(Entry)
+                      catch _:_ -> undefined
+                      end,
+            case {Decoded, Der} of
+                {Key, _} when is_tuple(Key), element(1, Key) =:= 'ECPrivateKey',
+                              tuple_size(Key) >= 4,
+                              element(4, Key) =:= {namedCurve, ?ID_ED25519},
+                              is_binary(element(3, Key)),
+                              byte_size(element(3, Key)) =:= 32 ->
+                    {ok, element(3, Key)};
+                {_, <<?PKCS8_ED25519_PREFIX, Seed:32/binary>>} ->
+                    {ok, Seed};
+                _ ->
+                    error
+            end;
+        _ ->
+            error
+    catch
+        _:_ -> error
+    end.
+
+service_bytes(S) when is_atom(S) -> atom_to_binary(S, utf8);
+service_bytes(S) when is_binary(S) -> S.
+
 ssl_options(Options) ->
-    Ours = [timeout, atoms, binary, list, mode, packet, packet_size, active, header],
+    %% ({password, _} is taken out by the caller when it is the user's.)
+    Ours = [timeout, atoms, user, ed25519_key, certificate,
+            binary, list, mode, packet, packet_size, active, header],
     User = [O || O <- Options, not lists:member(opt_key(O), Ours)],
     Verify = proplists:get_value(verify, User, verify_peer),
     Verify =:= verify_none andalso
@@ -344,6 +611,8 @@ handle_call({rpc, Term}, From, #st{next_ref = Ref, pending = Pending} = St) ->
     end;
 handle_call(disconnect, From, St) ->
     start_close(From, St);
+handle_call(welcome, _From, #st{welcome = Welcome} = St) ->
+    {reply, {ok, Welcome}, St};
 handle_call(_, _From, St) ->
     {reply, {error, badarg}, St}.
 
@@ -563,4 +832,6 @@ known_atoms() ->
      protocol, max_frame, server,
      auth_failed, busy, timeout, bad_request, frame_too_large, bad_term, bad_message,
      slow_consumer, idle_timeout, shutdown, revoked, no_reply, handler_crashed,
-     true, false, undefined, changed].
+     true, false, undefined, changed,
+     %% Version 2: the welcome's keys, challenges and the credentials of named users.
+     user, session, grace, challenge, password, ed25519, certificate].
