@@ -39,6 +39,29 @@ impl Source {
     }
 }
 
+impl std::fmt::Display for Source {
+    /// An IPv4 address as such, an IPv6 source as its `/64`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 >> 32 == 0 {
+            write!(f, "{}", std::net::Ipv4Addr::from(self.0 as u32))
+        } else {
+            write!(f, "{}/64", std::net::Ipv6Addr::from(self.0 & !1))
+        }
+    }
+}
+
+/// A source serving a penalty, as [`Admission::penalties`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PenaltyInfo {
+    /// The source: an IPv4 address, or an IPv6 `/64`.
+    pub source: String,
+    /// How long until the penalty has decayed to zero.
+    pub remaining: Duration,
+    /// True while new connections from it are refused (the penalty is over the
+    /// threshold).
+    pub refusing: bool,
+}
+
 /// Why a connection was refused at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -249,6 +272,38 @@ impl Admission {
         self.lock().unauth_total
     }
 
+    /// The sources serving a penalty now, the longest first.
+    pub fn penalties(&self) -> Vec<PenaltyInfo> {
+        let now = Instant::now();
+        let threshold = self.policy.penalties.threshold;
+        let t = self.lock();
+        let mut all: Vec<PenaltyInfo> = t
+            .penalties
+            .iter()
+            .filter(|(_, p)| p.expires > now)
+            .map(|(s, p)| {
+                let remaining = p.expires - now;
+                PenaltyInfo {
+                    source: s.to_string(),
+                    remaining,
+                    refusing: remaining > threshold,
+                }
+            })
+            .collect();
+        all.sort_by_key(|p| std::cmp::Reverse(p.remaining));
+        all
+    }
+
+    /// Lifts the penalty of `ip`'s source; true when it had one.
+    pub fn unblock(&self, ip: IpAddr) -> bool {
+        let source = Source::of(ip);
+        let lifted = self.lock().penalties.remove(&source).is_some();
+        if lifted {
+            tracing::warn!(%source, "penalty lifted by the operator");
+        }
+        lifted
+    }
+
     /// The penalty `ip`'s source is serving now (zero when none).
     pub fn penalty(&self, ip: IpAddr) -> Duration {
         let now = Instant::now();
@@ -290,7 +345,17 @@ impl Admission {
             .entry(source)
             .or_insert(Penalty { expires: now });
         let base = entry.expires.max(now);
+        let was_refusing = base - now > p.threshold;
         entry.expires = (base + add).min(now + p.max);
+        let left = entry.expires - now;
+        if !was_refusing && left > p.threshold {
+            let until = std::time::SystemTime::now() + (left - p.threshold);
+            tracing::warn!(
+                %source,
+                until = %crate::users::format_time(until),
+                "source blocked after failed logins: its new connections are refused until then"
+            );
+        }
     }
 
     fn release(&self, source: Source) {
@@ -413,6 +478,24 @@ mod tests {
         a.admit(attacker).unwrap().finish(Outcome::AuthFailed);
         assert_eq!(a.admit(attacker).unwrap_err(), Refusal::Penalized);
         assert!(a.penalty(attacker) > Duration::from_secs(19));
+        // The operator sees the source and may lift its penalty.
+        let listed = a.penalties();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].source, "127.0.0.2");
+        assert!(listed[0].refusing && listed[0].remaining > Duration::from_secs(19));
+        assert!(a.unblock(attacker));
+        assert!(!a.unblock(attacker), "nothing left to lift");
+        assert!(a.admit(attacker).is_ok());
+        assert!(a.penalties().is_empty());
+        a.admit(attacker).unwrap().finish(Outcome::AuthFailed);
+        assert!(
+            !a.penalties()[0].refusing,
+            "one failure is under the threshold"
+        );
+        assert_eq!(
+            Source::of(ip("2001:db8::1:2:3:4")).to_string(),
+            "2001:db8::/64"
+        );
         // The exempt network (127.0.0.0/31 holds .0 and .1) never collects any.
         for _ in 0..10 {
             a.admit(ip("127.0.0.1"))

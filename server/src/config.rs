@@ -829,6 +829,13 @@ impl RawService {
             ));
         }
         let handler = self.handler.get_ref();
+        if let (crate::registry::ADMIN_HANDLER, Some(p)) = (handler.as_str(), &self.password) {
+            return Err(doc.error(
+                p.span(),
+                &key("password"),
+                &crate::admin::password_refused(),
+            ));
+        }
         if !registry.contains(handler) {
             return Err(doc.error(
                 self.handler.span(),

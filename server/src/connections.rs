@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -38,10 +39,54 @@ pub struct ConnectionInfo {
     pub tls: &'static str,
     /// When it logged in.
     pub since: SystemTime,
+    /// Calls received.
+    pub calls: u64,
+    /// Frame bytes received after the handshake.
+    pub bytes_in: u64,
+    /// Frame bytes sent after the handshake.
+    pub bytes_out: u64,
+    /// Calls not answered yet (as of the last write).
+    pub in_flight: usize,
+}
+
+/// One connection's counters, kept by its middle man (relaxed atomics: a few adds per
+/// message), read by the operator's console.
+#[derive(Debug, Default)]
+pub(crate) struct ConnCounters {
+    calls: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl ConnCounters {
+    pub(crate) fn call(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn received(&self, bytes: usize) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sent(&self, bytes: usize) {
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n, Ordering::Relaxed);
+    }
+
+    fn fill(&self, info: &mut ConnectionInfo) {
+        info.calls = self.calls.load(Ordering::Relaxed);
+        info.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        info.bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        info.in_flight = self.in_flight.load(Ordering::Relaxed);
+    }
 }
 
 struct Open {
     info: ConnectionInfo,
+    counters: Arc<ConnCounters>,
     identity: Arc<Identity>,
     binding: Binding,
     revoke: CancellationToken,
@@ -83,12 +128,14 @@ impl ConnectionTable {
         identity: Arc<Identity>,
         binding: Binding,
         revoke: CancellationToken,
+        counters: Arc<ConnCounters>,
     ) -> Registered {
         let id = info.id;
         self.lock().insert(
             id,
             Open {
                 info,
+                counters,
                 identity,
                 binding,
                 revoke,
@@ -102,9 +149,39 @@ impl ConnectionTable {
 
     /// The open connections, by id.
     pub(crate) fn snapshot(&self) -> Vec<ConnectionInfo> {
-        let mut all: Vec<ConnectionInfo> = self.lock().values().map(|o| o.info.clone()).collect();
+        let mut all: Vec<ConnectionInfo> = self
+            .lock()
+            .values()
+            .map(|o| {
+                let mut info = o.info.clone();
+                o.counters.fill(&mut info);
+                info
+            })
+            .collect();
         all.sort_by_key(|c| c.id);
         all
+    }
+
+    /// Revokes the connections `pick` selects (`{error, revoked}`); returns how many.
+    pub(crate) fn kick(&self, pick: impl Fn(&ConnectionInfo) -> bool, by: &str) -> usize {
+        let open = self.lock();
+        let mut kicked = 0;
+        for o in open.values().filter(|o| pick(&o.info)) {
+            if !o.revoke.is_cancelled() {
+                tracing::warn!(
+                    target: crate::audit::TARGET,
+                    conn = o.info.id,
+                    peer = %o.info.peer,
+                    user = o.info.user.as_deref().unwrap_or("-"),
+                    service = %o.info.service,
+                    by,
+                    "connection kicked by the operator"
+                );
+                o.revoke.cancel();
+                kicked += 1;
+            }
+        }
+        kicked
     }
 
     /// Revokes every named user's connection that `users` (with client CA digest `ca`)

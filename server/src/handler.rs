@@ -65,7 +65,16 @@ pub trait Service: Send + Sync + 'static {
     /// the returned future ends, the handler calls [`MiddleMan::close`], or the client
     /// goes away.
     fn start(self: Arc<Self>, session: Session) -> HandlerFuture;
+
+    /// What the operator's console (`mod_admin`'s `info`) shows of this service, e.g. a
+    /// name server's store and whether it answers; `None` (the default) shows nothing.
+    fn status(&self) -> Option<StatusFuture> {
+        None
+    }
 }
+
+/// The future of [`Service::status`].
+pub type StatusFuture = Pin<Box<dyn Future<Output = Term> + Send + 'static>>;
 
 /// What a handler receives.
 #[derive(Debug)]

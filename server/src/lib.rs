@@ -15,6 +15,7 @@
 //! - [`connections`]: the open connections, revoked one by one when a reload or an
 //!   expiry no longer lets them in.
 //! - [`registry`]: handler names to the code that makes services.
+//! - [`admin`]: `mod_admin`, the operator's console, built into the server.
 //! - [`handler`]: the API service authors write against ([`Service`], [`Session`], ...).
 //! - `handshake`: TLS and `start_service`, under deadlines.
 //! - `middle_man`: one task per connection between the socket and the handler.
@@ -45,6 +46,7 @@
 //! [`reload`](ServerHandle::reload)s a new [`Config`] while it runs.
 //! `examples/embedded` in the repository is a whole program doing this.
 
+pub mod admin;
 pub mod admission;
 pub mod audit;
 pub mod auth;
@@ -69,7 +71,7 @@ pub use config::{
     ClientCaSource, Config, ConfigError, Limits, ServiceConfig, ServiceOptions, TlsSource,
 };
 pub use connections::ConnectionInfo;
-pub use handler::{Call, Event, HandlerFuture, MiddleMan, Service, Session};
+pub use handler::{Call, Event, HandlerFuture, MiddleMan, Service, Session, StatusFuture};
 pub use middle_man::CloseReason;
 pub use registry::Registry;
 pub use reload::{ReloadSummary, Reloader};

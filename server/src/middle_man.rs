@@ -25,6 +25,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
+use crate::connections::ConnCounters;
 use crate::handler::{Call, Event, MiddleMan, Outbound, Service, Session};
 use crate::metrics::ServiceMetrics;
 use crate::stats::protocol_error;
@@ -98,6 +99,8 @@ pub(crate) struct Setup {
     pub(crate) revoked: CancellationToken,
     /// The service's counters (atomics only).
     pub(crate) metrics: Arc<ServiceMetrics>,
+    /// This connection's counters, read by the operator's console.
+    pub(crate) counters: Arc<ConnCounters>,
 }
 
 /// Runs one connection from the welcome to the close, and says why it ended.
@@ -130,6 +133,7 @@ where
         read_at: std::time::Instant::now(),
         limits: setup.limits,
         metrics: setup.metrics,
+        counters: setup.counters,
     };
     let reason = conn
         .serve(&events_tx, handler, setup.shutdown, setup.revoked)
@@ -152,6 +156,7 @@ struct Connection<S> {
     read_at: std::time::Instant,
     limits: Arc<Limits>,
     metrics: Arc<ServiceMetrics>,
+    counters: Arc<ConnCounters>,
 }
 
 /// What ended the main loop, with what is needed to finish.
@@ -320,6 +325,7 @@ where
             None => return Err(CloseReason::ClientGone("end of stream".into())),
             Some(Ok(p)) => {
                 self.metrics.received(p.len() + 4);
+                self.counters.received(p.len() + 4);
                 p
             }
             Some(Err(FrameError::TooLarge { .. })) => {
@@ -346,6 +352,7 @@ where
             ClientMessage::Send(x) => Ok(Some(Event::Send(x))),
             ClientMessage::Call { id, body } => {
                 self.metrics.call_received();
+                self.counters.call();
                 if self.in_flight.contains_key(&id) {
                     protocol_error!(peer = %self.middle_man.peer(), id, "call reuses a ref still in flight");
                     return Err(CloseReason::Protocol(ErrorReason::BadMessage));
@@ -360,6 +367,7 @@ where
                     return Ok(None);
                 }
                 self.in_flight.insert(id, self.read_at);
+                self.counters.set_in_flight(self.in_flight.len());
                 Ok(Some(Event::Call(Call::new(
                     id,
                     body,
@@ -480,6 +488,8 @@ where
         let result = tokio::time::timeout(self.limits.write_timeout, write).await;
         if matches!(result, Ok(Ok(()))) {
             self.metrics.sent(self.write_buf.len());
+            self.counters.sent(self.write_buf.len());
+            self.counters.set_in_flight(self.in_flight.len());
         }
         self.write_buf.clear();
         // Give back what a burst of large answers made the buffers grow to.

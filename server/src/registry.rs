@@ -3,6 +3,10 @@
 //! Erlang's lib_chan names a handler by module and function and loads it at run time;
 //! Rust cannot, so handlers are registered by name at compile time (the `services`
 //! crate registers the built-in ones) and an unknown name in the config stops start-up.
+//!
+//! One handler is part of the server itself and known to every registry:
+//! [`ADMIN_HANDLER`] (`mod_admin`, the operator's console), which the server makes with
+//! access to its own state ([`crate::admin`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +14,9 @@ use std::sync::Arc;
 
 use crate::config::ServiceConfig;
 use crate::handler::Service;
+
+/// The operator's console, built into the server.
+pub const ADMIN_HANDLER: &str = "mod_admin";
 
 /// Makes the service for one `[[service]]` entry, or says why its `args` do not suit it.
 pub type ServiceFactory =
@@ -82,6 +89,9 @@ impl Registry {
     /// # Errors
     /// The handler is not registered, or its check refused the entry.
     pub fn check(&self, config: &ServiceConfig) -> Result<(), String> {
+        if config.handler == ADMIN_HANDLER {
+            return crate::admin::check(config);
+        }
         let handler = self
             .factories
             .get(&config.handler)
@@ -94,12 +104,17 @@ impl Registry {
 
     /// True when `name` is registered.
     pub fn contains(&self, name: &str) -> bool {
-        self.factories.contains_key(name)
+        name == ADMIN_HANDLER || self.factories.contains_key(name)
     }
 
-    /// The registered names, sorted.
+    /// The registered names (and `mod_admin`), sorted.
     pub fn names(&self) -> Vec<&str> {
-        self.factories.keys().map(String::as_str).collect()
+        let mut names: Vec<&str> = self.factories.keys().map(String::as_str).collect();
+        if !self.factories.contains_key(ADMIN_HANDLER) {
+            names.push(ADMIN_HANDLER);
+            names.sort_unstable();
+        }
+        names
     }
 
     /// Makes the service for `config`.

@@ -57,6 +57,10 @@ pub(crate) struct TlsGeneration {
     pub(crate) config: Arc<rustls::ServerConfig>,
     pub(crate) cert_hash: [u8; 32],
     pub(crate) client_ca: Option<ClientCa>,
+    /// The certificate's subject, e.g. `CN=localhost`.
+    pub(crate) cert_subject: String,
+    /// The end of the certificate's validity.
+    pub(crate) cert_not_after: Option<std::time::SystemTime>,
 }
 
 /// Builds the TLS side of a generation from `config`.
@@ -69,11 +73,23 @@ pub(crate) fn build_tls(config: &Config) -> Result<TlsGeneration, StartError> {
     let ServerTls {
         config: tls_config,
         cert_hash,
+        leaf,
     } = tls::server_config(&config.tls, wants_certs.then(tls::AnyClientCert::verifier))?;
+    let (cert_subject, cert_not_after) = match x509_parser::parse_x509_certificate(&leaf) {
+        Ok((_, cert)) => (
+            cert.subject().to_string(),
+            std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(
+                u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
+            )),
+        ),
+        Err(_) => (String::new(), None),
+    };
     Ok(TlsGeneration {
         config: tls_config,
         cert_hash,
         client_ca,
+        cert_subject,
+        cert_not_after,
     })
 }
 
@@ -107,7 +123,13 @@ impl Live {
         let tls = build_tls(&config)?;
         let old = self.load();
         let mut summary = ReloadSummary::default();
-        let services = build_services(&config.services, registry, &old.services, &mut summary)?;
+        let services = build_services(
+            &config.services,
+            registry,
+            &old.admin,
+            &old.services,
+            &mut summary,
+        )?;
         summary.removed = old
             .services
             .keys()
@@ -142,6 +164,9 @@ impl Live {
             connections: Arc::clone(&old.connections),
             denials: Arc::clone(&old.denials),
             users_changed: Arc::clone(&old.users_changed),
+            admin: Arc::clone(&old.admin),
+            cert_subject: tls.cert_subject,
+            cert_not_after: tls.cert_not_after,
             checker: old.checker.clone(),
             admission: Arc::clone(&old.admission),
             stats: Arc::clone(&old.stats),
@@ -172,7 +197,8 @@ impl Live {
         Ok(summary)
     }
 
-    fn source(&self) -> String {
+    /// The config file in force (`<config>` for one built in code).
+    pub(crate) fn source(&self) -> String {
         self.applied
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -191,6 +217,7 @@ impl Live {
 pub(crate) fn build_services(
     configs: &[ServiceConfig],
     registry: &Registry,
+    admin: &Arc<crate::admin::AdminHub>,
     old: &HashMap<String, Arc<ServiceEntry>>,
     summary: &mut ReloadSummary,
 ) -> Result<HashMap<String, Arc<ServiceEntry>>, StartError> {
@@ -209,10 +236,14 @@ pub(crate) fn build_services(
                 Arc::new(ServiceEntry::new(sc.clone(), Arc::clone(&p.service)))
             }
             _ => {
-                let service = registry.make(sc).map_err(|message| StartError::Service {
-                    name: sc.name.clone(),
-                    message,
-                })?;
+                let service = if sc.handler == crate::registry::ADMIN_HANDLER {
+                    crate::admin::AdminService::new(admin)
+                } else {
+                    registry.make(sc).map_err(|message| StartError::Service {
+                        name: sc.name.clone(),
+                        message,
+                    })?
+                };
                 if previous.is_some() {
                     summary.replaced.push(sc.name.clone());
                 } else {

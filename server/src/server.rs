@@ -74,6 +74,11 @@ pub(crate) struct ServerState {
     pub(crate) denials: Arc<DenialLog>,
     /// Wakes the expiry watch when a reload changed the users.
     pub(crate) users_changed: Arc<tokio::sync::Notify>,
+    /// What `mod_admin` reaches the server through (shared across generations).
+    pub(crate) admin: Arc<crate::admin::AdminHub>,
+    /// The certificate's subject and expiry, for the console.
+    pub(crate) cert_subject: String,
+    pub(crate) cert_not_after: Option<std::time::SystemTime>,
     pub(crate) checker: PasswordChecker,
     pub(crate) admission: Arc<Admission>,
     pub(crate) stats: Arc<Stats>,
@@ -144,9 +149,11 @@ impl Server {
         config.validate(registry)?;
         check_fd_limit(config.limits.max_connections)?;
         let tls = build_tls(&config)?;
+        let admin = crate::admin::AdminHub::new(registry);
         let services = build_services(
             &config.services,
             registry,
+            &admin,
             &HashMap::new(),
             &mut ReloadSummary::default(),
         )?;
@@ -187,13 +194,18 @@ impl Server {
             connections: Arc::default(),
             denials: Arc::default(),
             users_changed: Arc::default(),
+            admin: Arc::clone(&admin),
+            cert_subject: tls.cert_subject,
+            cert_not_after: tls.cert_not_after,
             checker,
             admission,
             stats: Arc::new(Stats::default()),
             metrics,
         };
+        let live = Arc::new(Live::new(state, config));
+        admin.attach(&live, local_addr);
         Ok(Server {
-            live: Arc::new(Live::new(state, config)),
+            live,
             listener,
             local_addr,
             metrics_listener,
@@ -343,6 +355,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             revoked: auth.service.revoked.child_token(),
             metrics: service_metrics,
+            counters: Arc::default(),
         };
         middle_man::run(auth.reader, setup).await.code()
     }
@@ -541,6 +554,7 @@ async fn connection(
     let _connected = service_metrics.connected();
     let revoked = auth.service.revoked.child_token();
     let identity = Arc::new(auth.identity);
+    let counters = Arc::new(crate::connections::ConnCounters::default());
     let _registered = state.connections.register(
         ConnectionInfo {
             id,
@@ -550,10 +564,15 @@ async fn connection(
             credential: identity.credential(),
             tls: auth.tls.version,
             since: std::time::SystemTime::now(),
+            calls: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            in_flight: 0,
         },
         Arc::clone(&identity),
         auth.binding,
         revoked.clone(),
+        Arc::clone(&counters),
     );
     let setup = Setup {
         id,
@@ -567,6 +586,7 @@ async fn connection(
         shutdown: token,
         revoked,
         metrics: service_metrics,
+        counters,
     };
     let reason = middle_man::run(auth.reader, setup).await;
     state.stats.count_close(&reason.code());

@@ -112,6 +112,8 @@ pub struct ServerTls {
     pub config: Arc<ServerConfig>,
     /// SHA-256 of the DER of the first certificate of the chain.
     pub cert_hash: [u8; 32],
+    /// The DER of that certificate.
+    pub leaf: Vec<u8>,
 }
 
 /// Builds the rustls server configuration from `source`; with `client_auth`, client
@@ -153,6 +155,7 @@ pub fn server_config(
         });
     };
     let cert_hash = sha256(leaf);
+    let leaf = leaf.to_vec();
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsSetupError::Pem {
         what: key_name,
         message: format!("holds no usable private key: {e}"),
@@ -172,6 +175,7 @@ pub fn server_config(
     Ok(ServerTls {
         config: Arc::new(config),
         cert_hash,
+        leaf,
     })
 }
 

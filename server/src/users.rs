@@ -247,6 +247,16 @@ impl Users {
         }
     }
 
+    /// How many users.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
     /// The user called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<UserConfig>> {
         self.by_name.get(name)

@@ -335,6 +335,28 @@ fn answer_call(call: Call, outcome: Result<Term, StoreError>, mm: &MiddleMan) {
 }
 
 impl Service for NameServer {
+    /// `#{store => <<"file:...">>, healthy => true | false}`: the store answers a lookup
+    /// (of a key no client can mean) or not.
+    fn status(&self) -> Option<lib_chan_server::StatusFuture> {
+        let space = Arc::clone(&self.space);
+        Some(Box::pin(async move {
+            let healthy = space
+                .lookup(&Term::tuple([Term::atom("$lib_chan_health")]))
+                .await
+                .is_ok();
+            Term::map([
+                (
+                    Term::atom("store"),
+                    Term::binary(space.spec().to_string().as_bytes()),
+                ),
+                (
+                    Term::atom("healthy"),
+                    Term::atom(if healthy { "true" } else { "false" }),
+                ),
+            ])
+        }))
+    }
+
     fn start(self: Arc<Self>, mut session: Session) -> HandlerFuture {
         Box::pin(async move {
             let mm = session.middle_man().clone();
