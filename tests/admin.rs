@@ -311,3 +311,40 @@ async fn penalties_are_listed_and_unblock_lets_the_source_in_again() {
     let r = ask(&admin, "reload").await;
     assert!(r.as_tuple().unwrap()[0].is_atom("error"), "{r}");
 }
+
+#[tokio::test]
+async fn a_client_refused_at_accept_is_told_what_it_probably_is() {
+    // A listener that closes every connection at once, as a server does to a source it
+    // penalizes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(tcp);
+        }
+    });
+    let (_dir, certs) = common::make_certs();
+    let started = std::time::Instant::now();
+    let e = lib_chan_client::ConnectOptions::new()
+        .ca_file(&certs.ca)
+        .connect("127.0.0.1", addr.port(), "nameServer", "pw", Term::nil())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::RefusedAtAccept { attempts: 3, .. }),
+        "{e:?}"
+    );
+    let shown = e.to_string();
+    assert!(
+        shown.contains("may be refusing this address after failed logins"),
+        "{shown}"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "attempts spaced"
+    );
+}

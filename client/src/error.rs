@@ -116,6 +116,17 @@ pub enum Error {
         /// The rustls error underneath, to match on.
         error: rustls::Error,
     },
+    /// The server accepted the TCP connection and closed it before TLS, several times in
+    /// a row (or once, after it had answered this process before): what a lib_chan
+    /// server does to a source it penalizes after failed logins, or when it is at its
+    /// connection limit.
+    #[error("{addr} accepted the connection and closed it at once, {attempts} time(s) in a row: the server may be refusing this address after failed logins (or be at its connection limit); retry later or ask its operator")]
+    RefusedAtAccept {
+        /// `host:port`.
+        addr: String,
+        /// The attempts made, each closed before TLS.
+        attempts: u32,
+    },
     /// An I/O error, with what was being done when it happened.
     #[error("{}", io_message(context, error))]
     Io {

@@ -58,8 +58,77 @@ fn display_addr(host: &str, port: u16) -> String {
     }
 }
 
-/// TCP then TLS, each under its timeout.
+/// Attempts at TCP plus TLS when the server closes each at once (see
+/// [`Error::RefusedAtAccept`]).
+const ACCEPT_ATTEMPTS: u32 = 3;
+/// The pause between such attempts.
+const ACCEPT_RETRY_GAP: Duration = Duration::from_millis(200);
+
+/// The servers (`host:port`) this process has completed a TLS handshake with: one of
+/// them closing a connection at once is probably refusing us, not broken.
+fn answered_before(addr: &str, remember: bool) -> bool {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let known = seen.iter().any(|a| a == addr);
+    if remember && !known {
+        if seen.len() >= 256 {
+            seen.remove(0);
+        }
+        seen.push(addr.to_owned());
+    }
+    known
+}
+
+/// True for a TLS handshake that ended because the peer closed or reset the connection
+/// (no TLS alert, no certificate problem).
+fn closed_at_once(e: &io::Error) -> bool {
+    let rustls = e
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    !rustls
+        && matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+        )
+}
+
+/// TCP then TLS, each under its timeout; a server that closes each attempt at once is
+/// tried again, then reported as [`Error::RefusedAtAccept`].
 async fn open(opts: &ConnectOptions, host: &str, port: u16) -> Result<Opened, Error> {
+    let mut attempt = 1;
+    loop {
+        match open_once(opts, host, port).await {
+            Ok(opened) => {
+                answered_before(&opened.addr, true);
+                return Ok(opened);
+            }
+            Err(OpenFailure::Closed(addr)) => {
+                if answered_before(&addr, false) || attempt == ACCEPT_ATTEMPTS {
+                    return Err(Error::RefusedAtAccept {
+                        addr,
+                        attempts: attempt,
+                    });
+                }
+                attempt += 1;
+                tokio::time::sleep(ACCEPT_RETRY_GAP).await;
+            }
+            Err(OpenFailure::Other(e)) => return Err(e),
+        }
+    }
+}
+
+/// Why one attempt at TCP plus TLS failed.
+enum OpenFailure {
+    /// The server closed the connection during the TLS handshake, without an alert.
+    Closed(String),
+    Other(Error),
+}
+
+/// One TCP connection and TLS handshake, each under its timeout.
+async fn open_once(opts: &ConnectOptions, host: &str, port: u16) -> Result<Opened, OpenFailure> {
     // Accept "[::1]" as well as "::1".
     let host = host
         .strip_prefix('[')
@@ -68,29 +137,40 @@ async fn open(opts: &ConnectOptions, host: &str, port: u16) -> Result<Opened, Er
     let addr = display_addr(host, port);
     let name = opts.server_name.as_deref().unwrap_or(host);
     let server_name = ServerName::try_from(name.to_owned()).map_err(|_| {
-        Error::Config(format!(
+        OpenFailure::Other(Error::Config(format!(
             "{name:?} is neither a DNS name nor an IP address, so it cannot be checked in \
              the server's certificate"
-        ))
+        )))
     })?;
-    let config = opts.client_config()?;
+    let config = opts.client_config().map_err(OpenFailure::Other)?;
 
     let tcp = tokio::time::timeout(opts.connect_timeout, TcpStream::connect((host, port)))
         .await
-        .map_err(|_| Error::Timeout("TCP connect"))?
-        .map_err(|e| Error::io(format!("connection to {addr}"), e))?;
+        .map_err(|_| OpenFailure::Other(Error::Timeout("TCP connect")))?
+        .map_err(|e| OpenFailure::Other(Error::io(format!("connection to {addr}"), e)))?;
     // Frames are written whole and flushed; don't let Nagle hold back small ones.
     tcp.set_nodelay(true)
-        .map_err(|e| Error::io(format!("connection to {addr}"), e))?;
+        .map_err(|e| OpenFailure::Other(Error::io(format!("connection to {addr}"), e)))?;
 
     let deadline = tokio::time::Instant::now() + opts.handshake_timeout;
-    let stream = timeout_at(
+    let stream = match timeout_at(
         deadline,
         TlsConnector::from(config).connect(server_name, tcp),
     )
     .await
-    .map_err(|_| Error::Timeout("TLS handshake"))?
-    .map_err(|e| crate::tls::handshake_error(&addr, name, opts.trust_kind(), e))?;
+    {
+        Err(_) => return Err(OpenFailure::Other(Error::Timeout("TLS handshake"))),
+        Ok(Err(e)) if closed_at_once(&e) => return Err(OpenFailure::Closed(addr)),
+        Ok(Err(e)) => {
+            return Err(OpenFailure::Other(crate::tls::handshake_error(
+                &addr,
+                name,
+                opts.trust_kind(),
+                e,
+            )))
+        }
+        Ok(Ok(stream)) => stream,
+    };
     Ok(Opened {
         stream,
         addr,
