@@ -9,6 +9,7 @@
 mod admin;
 mod bench;
 mod hangup;
+mod import_conf;
 mod remote;
 mod serve;
 mod shell;
@@ -68,6 +69,13 @@ enum Command {
     /// Each term typed (ending with '.') is sent as a call and its reply printed;
     /// !Term. casts; pushes are printed as they arrive; q(). quits.
     Shell(shell::ShellArgs),
+    /// Print a lib_chan.conf (TOML) made from a config written for the book's Erlang
+    /// lib_chan ({port, N}. and {service, S, password, P, mfa, M, F, A}. lines): each
+    /// password hashed with argon2id, handlers mapped where there is one.
+    ImportConf {
+        /// The book's config file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +91,7 @@ fn main() -> ExitCode {
         Command::Ping(args) => return remote::ping(&args),
         Command::Shell(args) => shell::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::ImportConf { file } => import_conf::run(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
