@@ -140,6 +140,8 @@ pub struct ServiceOptions {
     pub store: Option<String>,
     /// `allow`: the functions `mod_rpc` may run, as `module:function/arity`.
     pub allow: Vec<String>,
+    /// `command` and the other keys of a port program (`handler = "port"`).
+    pub port: Option<crate::port_config::PortOptions>,
 }
 
 impl fmt::Debug for ServiceConfig {
@@ -805,6 +807,13 @@ struct RawService {
     args: Option<Spanned<String>>,
     store: Option<Spanned<String>>,
     allow: Option<Spanned<Vec<String>>>,
+    command: Option<Spanned<Vec<String>>>,
+    working_dir: Option<Spanned<String>>,
+    env: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    max_restarts: Option<Spanned<i64>>,
+    restart_backoff: Option<Spanned<f64>>,
+    call_timeout: Option<Spanned<f64>>,
+    stderr: Option<Spanned<String>>,
 }
 
 impl RawService {
@@ -868,12 +877,28 @@ impl RawService {
             .as_ref()
             .map(|a| a.get_ref().clone())
             .unwrap_or_default();
+        let port = crate::port_config::RawPortKeys {
+            command: &self.command,
+            working_dir: &self.working_dir,
+            env: &self.env,
+            max_restarts: &self.max_restarts,
+            restart_backoff: &self.restart_backoff,
+            call_timeout: &self.call_timeout,
+            stderr: &self.stderr,
+        }
+        .validate(
+            doc,
+            &key,
+            handler == crate::port_config::PORT_HANDLER,
+            self.name.span(),
+            base,
+        )?;
         let config = ServiceConfig {
             name: name.clone(),
             password_hash: self.password.as_ref().map(|p| p.get_ref().clone()),
             handler: handler.clone(),
             args,
-            options: ServiceOptions { store, allow },
+            options: ServiceOptions { store, allow, port },
         };
         // The handler's check looks at args and options now, so a bad one stops start-up
         // with this entry's line.
@@ -902,6 +927,7 @@ mod tests {
         r.register("mod_name_server", |_| {
             Ok(Arc::new(Nothing) as Arc<dyn Service>)
         });
+        r.register("port", |_| Ok(Arc::new(Nothing) as Arc<dyn Service>));
         r
     }
 
@@ -1072,6 +1098,83 @@ args = "notUsed"
                 "{shown}"
             );
             assert!(shown.contains(words), "{shown}");
+        }
+    }
+
+    #[test]
+    fn port_keys_load_for_port_services_only() {
+        let port = format!(
+            "{}\n[[service]]\nname = \"inv\"\npassword = \"{}\"\nhandler = \"port\"\ncommand = [\"./bin/inv.py\", \"--db\", \"inv.sqlite\"]\nenv = {{ MODE = \"test\" }}\nmax_restarts = 3\nrestart_backoff = 0.25\ncall_timeout = 5\nstderr = \"inherit\"\n",
+            good(),
+            hash()
+        );
+        let c = parse(&port).unwrap();
+        let p = c.services[1].options.port.as_ref().unwrap();
+        assert_eq!(
+            p.command[0],
+            dir().join("./bin/inv.py").display().to_string()
+        );
+        assert_eq!(p.command[1..], ["--db", "inv.sqlite"]);
+        assert_eq!(p.working_dir, dir());
+        assert_eq!(p.env["MODE"], "test");
+        assert_eq!(p.max_restarts, 3);
+        assert_eq!(p.restart_backoff, Duration::from_millis(250));
+        assert_eq!(p.call_timeout, Duration::from_secs(5));
+        assert_eq!(p.stderr, crate::port_config::StderrMode::Inherit);
+        for (from, to, line, key, words) in [
+            (
+                "handler = \"port\"",
+                "handler = \"mod_name_server\"",
+                18,
+                "service[1].command",
+                "only handler = \"port\"",
+            ),
+            (
+                "command = [\"./bin/inv.py\", \"--db\", \"inv.sqlite\"]\n",
+                "",
+                15,
+                "service[1].command",
+                "needs `command`",
+            ),
+            (
+                "[\"./bin/inv.py\", \"--db\", \"inv.sqlite\"]",
+                "[]",
+                18,
+                "service[1].command",
+                "must name a program",
+            ),
+            (
+                "stderr = \"inherit\"",
+                "stderr = \"file\"",
+                23,
+                "service[1].stderr",
+                "\"log\" or \"inherit\"",
+            ),
+            (
+                "call_timeout = 5",
+                "call_timeout = 0",
+                22,
+                "service[1].call_timeout",
+                "above 0",
+            ),
+            (
+                "max_restarts = 3",
+                "max_restarts = 0",
+                20,
+                "service[1].max_restarts",
+                "from 1 to 1000",
+            ),
+            (
+                "call_timeout = 5",
+                "call_timeout = 5\nworking_dir = \"nowhere\"",
+                23,
+                "service[1].working_dir",
+                "not a directory",
+            ),
+        ] {
+            let e = parse(&port.replace(from, to)).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(line), Some(key)), "{e}");
+            assert!(e.to_string().contains(words), "{e}");
         }
     }
 

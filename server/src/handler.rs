@@ -71,7 +71,32 @@ pub trait Service: Send + Sync + 'static {
     fn status(&self) -> Option<StatusFuture> {
         None
     }
+
+    /// Whether the service can take a new connection now, asked after a successful
+    /// login and before the welcome. `None` (the default): always. A future resolving to
+    /// `false`, or not resolving before the handshake deadline, makes the client get
+    /// `{error, busy}` instead of a welcome (a port program that is restarting, say).
+    fn ready(&self) -> Option<ReadyFuture> {
+        None
+    }
+
+    /// Stops what the service runs on its own (a port program), when the server shuts
+    /// down or a reload drops the service: given `grace` to finish. `None` (the default):
+    /// nothing to stop.
+    fn stop(&self, grace: std::time::Duration) -> Option<ReadyFuture> {
+        let _ = grace;
+        None
+    }
+
+    /// Counters of its own for the metrics endpoint, as (event, count): rendered as
+    /// `lib_chan_service_events_total{service="NAME",event="EVENT"}`.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
+
+/// The future of [`Service::ready`] and [`Service::stop`].
+pub type ReadyFuture = Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
 
 /// The future of [`Service::status`].
 pub type StatusFuture = Pin<Box<dyn Future<Output = Term> + Send + 'static>>;

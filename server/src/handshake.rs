@@ -326,7 +326,18 @@ where
                         return Err(HandshakeFailure::Refused(ErrorReason::AuthFailed));
                     }
                 };
-                state.metrics.login(AuthResult::Ok, kind);
+                // A service that cannot take the connection now (a port program being
+                // restarted) is answered busy; the caller's deadline bounds the wait.
+                let ready = match accepted.entry.service.ready() {
+                    Some(ready) => ready.await,
+                    None => true,
+                };
+                let (result, outcome) = if ready {
+                    (AuthResult::Ok, "ok")
+                } else {
+                    (AuthResult::Busy, "busy")
+                };
+                state.metrics.login(result, kind);
                 audit(
                     state,
                     peer,
@@ -334,9 +345,12 @@ where
                     user.as_deref(),
                     fingerprint,
                     &service,
-                    Ok("ok"),
+                    Ok(outcome),
                     started,
                 );
+                if !ready {
+                    return Err(HandshakeFailure::Refused(ErrorReason::Busy));
+                }
                 let welcome = HandshakeReply::Welcome(Welcome {
                     protocol: if version_1 {
                         PROTOCOL_VERSION_1

@@ -15,6 +15,7 @@
 //! - [`connections`]: the open connections, revoked one by one when a reload or an
 //!   expiry no longer lets them in.
 //! - [`registry`]: handler names to the code that makes services.
+//! - [`port_config`]: the `[[service]]` keys of a port program (`handler = "port"`).
 //! - [`admin`]: `mod_admin`, the operator's console, built into the server.
 //! - [`handler`]: the API service authors write against ([`Service`], [`Session`], ...).
 //! - `handshake`: TLS and `start_service`, under deadlines.
@@ -58,6 +59,7 @@ mod handshake;
 mod login;
 pub mod metrics;
 mod middle_man;
+pub mod port_config;
 pub mod registry;
 pub mod reload;
 pub mod server;
@@ -71,7 +73,9 @@ pub use config::{
     ClientCaSource, Config, ConfigError, Limits, ServiceConfig, ServiceOptions, TlsSource,
 };
 pub use connections::ConnectionInfo;
-pub use handler::{Call, Event, HandlerFuture, MiddleMan, Service, Session, StatusFuture};
+pub use handler::{
+    Call, Event, HandlerFuture, MiddleMan, ReadyFuture, Service, Session, StatusFuture,
+};
 pub use middle_man::CloseReason;
 pub use registry::Registry;
 pub use reload::{ReloadSummary, Reloader};

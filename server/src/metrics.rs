@@ -147,6 +147,10 @@ pub struct Metrics {
     /// `lib_chan_logins_total`: by result (ok, failed, busy), then by credential kind
     /// (in the order of [`LOGIN_KINDS`]).
     logins: [[AtomicU64; 4]; 3],
+    /// The services whose own counters ([`Service::counters`]) are rendered, by name.
+    ///
+    /// [`Service::counters`]: crate::Service::counters
+    sources: Mutex<BTreeMap<String, std::sync::Weak<dyn crate::Service>>>,
 }
 
 /// The credential kinds of `lib_chan_logins_total`.
@@ -163,6 +167,14 @@ impl Metrics {
         let m = Arc::new(ServiceMetrics::default());
         services.insert(service.to_owned(), Arc::clone(&m));
         m
+    }
+
+    /// Renders `service`'s own counters under `name` from now on.
+    pub(crate) fn watch_service(&self, name: &str, service: &Arc<dyn crate::Service>) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), Arc::downgrade(service));
     }
 
     /// Counts one login decided, by result and credential kind (`service_password`,
@@ -336,6 +348,27 @@ impl Metrics {
             "Frame bytes written to authenticated clients.",
         );
         put(format_args!("lib_chan_bytes_sent_total {bytes_out}\n"));
+        let sources: Vec<(String, Arc<dyn crate::Service>)> = self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(n, w)| w.upgrade().map(|s| (escape(n), s)))
+            .collect();
+        header(
+            &mut put,
+            "lib_chan_service_events_total",
+            "counter",
+            "Events a service counts itself (a port program's starts and crashes), by service.",
+        );
+        for (name, service) in &sources {
+            for (event, n) in service.counters() {
+                put(format_args!(
+                    "lib_chan_service_events_total{{service=\"{name}\",event=\"{}\"}} {n}\n",
+                    escape(event)
+                ));
+            }
+        }
         out
     }
 }

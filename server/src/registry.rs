@@ -92,6 +92,16 @@ impl Registry {
         if config.handler == ADMIN_HANDLER {
             return crate::admin::check(config);
         }
+        let is_port = config.handler == crate::port_config::PORT_HANDLER;
+        if config.options.port.is_some() && !is_port {
+            return Err(format!(
+                "only handler = \"port\" takes command and the other port keys, not `{}`",
+                config.handler
+            ));
+        }
+        if is_port && config.options.port.is_none() {
+            return Err("a port service needs `command`".into());
+        }
         let handler = self
             .factories
             .get(&config.handler)

@@ -149,9 +149,22 @@ impl Live {
             })
             .map(|(_, entry)| Arc::clone(entry))
             .collect();
-        for name in services.keys() {
+        for (name, entry) in &services {
             // Listed at zero from now on, before any connection.
             old.metrics.service(name);
+            old.metrics.watch_service(name, &entry.service);
+        }
+        // Service values made anew or dropped: what they run on their own is stopped.
+        let grace = config.limits.shutdown_grace;
+        for entry in old.services.values() {
+            if !services
+                .values()
+                .any(|n| Arc::ptr_eq(&n.service, &entry.service))
+            {
+                if let Some(stop) = entry.service.stop(grace) {
+                    tokio::spawn(stop);
+                }
+            }
         }
         let users = Arc::new(Users::new(&config.users));
         let state = ServerState {

@@ -181,8 +181,9 @@ impl Server {
         let checker = PasswordChecker::new(limits.max_password_checks, limits.password_check_queue);
         let admission = Arc::new(Admission::new(limits.admission.clone()));
         let metrics = Arc::new(Metrics::default());
-        for name in services.keys() {
+        for (name, entry) in &services {
             metrics.service(name);
+            metrics.watch_service(name, &entry.service);
         }
         let state = ServerState {
             limits: Arc::new(limits),
@@ -315,6 +316,20 @@ impl Server {
                 "connections still open after the grace period"
             );
         }
+        // What services run on their own (port programs) is stopped last.
+        let state = live.load();
+        let grace = state.limits.shutdown_grace;
+        let stops: Vec<_> = state
+            .services
+            .values()
+            .filter_map(|e| e.service.stop(grace))
+            .collect();
+        drop(state);
+        let _ = tokio::time::timeout(
+            grace + Duration::from_secs(1),
+            futures_util::future::join_all(stops),
+        )
+        .await;
         tracing::info!("shut down");
     }
 

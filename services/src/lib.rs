@@ -6,10 +6,13 @@
 //! - [`echo`]: `mod_echo`, answers every call with its request: for tests and benchmarks.
 //! - [`rpc`]: `mod_rpc`, `rpc:call` limited to the functions its entry's `allow` names.
 //! - [`chat`]: `mod_chat`, IRC Lite, the book's chat: groups, nicks, relayed messages.
+//! - [`port`]: `port`, a service in any language: an external program speaking frames
+//!   on its standard input and output (PROTOCOL.md section 9).
 
 pub mod chat;
 pub mod echo;
 pub mod name_server;
+pub mod port;
 pub mod rpc;
 
 use std::sync::Arc;
@@ -17,9 +20,20 @@ use std::sync::Arc;
 use lib_chan_server::{Registry, ServiceConfig};
 
 /// A registry holding every built-in handler: `mod_name_server`, `mod_echo`,
-/// `mod_chat` and `mod_rpc`.
+/// `mod_chat`, `mod_rpc` and `port` (and, built into the server, `mod_admin`).
 pub fn registry() -> Registry {
     let mut r = Registry::new();
+    r.register_checked(
+        lib_chan_server::port_config::PORT_HANDLER,
+        |config| {
+            no_allow(config)?;
+            match &config.options.store {
+                None => Ok(()),
+                Some(_) => Err("a port service takes no `store`".into()),
+            }
+        },
+        |config| Ok(Arc::new(port::PortService::open(config)?)),
+    );
     // The name spaces by service name: each name server made publishes its own, and
     // mod_rpc's `kvs` looks one up at call time, as `[[service]]` order is arbitrary.
     let spaces = rpc::NameSpaces::default();
