@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use lib_chan_client::{Channel, ConnectOptions};
 use lib_chan_protocol::Term;
 
-use crate::remote::{password, split_address, ConnectArgs, PasswordArgs};
+use crate::remote::{split_address, ConnectArgs, LoginArgs};
 
 /// What each operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,7 +68,7 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    password: PasswordArgs,
+    login: LoginArgs,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -95,19 +95,18 @@ struct Target {
     host: String,
     port: u16,
     service: String,
-    password: String,
+    login: lib_chan_client::Login,
     options: ConnectOptions,
 }
 
 impl Target {
     async fn connect(&self) -> Result<Channel, lib_chan_client::Error> {
         self.options
-            .clone()
-            .connect(
+            .connect_with(
                 &self.host,
                 self.port,
                 &self.service,
-                self.password.as_bytes(),
+                &self.login,
                 Term::nil(),
             )
             .await
@@ -145,13 +144,15 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--duration must be a positive number of seconds");
     }
     let (host, port) = split_address(&args.address)?;
-    let (password, _) = password(&host, port, &args.service, args.password.file())?;
+    let (options, login) =
+        args.login
+            .resolve(&host, port, &args.service, args.connect.options()?)?;
     let target = Arc::new(Target {
         host,
         port,
         service: args.service.clone(),
-        password,
-        options: args.connect.options()?,
+        login,
+        options,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

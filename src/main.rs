@@ -10,6 +10,7 @@ mod admin;
 mod bench;
 mod hangup;
 mod import_conf;
+mod login;
 mod remote;
 mod serve;
 mod shell;

@@ -16,6 +16,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use lib_chan_client::password_file::{PasswordLookup, PasswordSource};
 use lib_chan_client::{Channel, ConnectOptions, Error};
+
+pub(crate) use crate::login::{connect_error, LoginArgs};
 use lib_chan_protocol::Term;
 
 /// Which request to send.
@@ -51,23 +53,6 @@ impl ConnectArgs {
     }
 }
 
-/// Where the password comes from, besides LIB_CHAN_PASSWORD and the default files.
-#[derive(Debug, clap::Args)]
-pub(crate) struct PasswordArgs {
-    /// Read the password from FILE (mode 0600): one password, or lines
-    /// `HOST[:PORT] SERVICE PASSWORD`. Also LIB_CHAN_PASSWORD_FILE. LIB_CHAN_PASSWORD
-    /// comes first; without either, ~/.lib_chan/passwords is read if it is there.
-    #[arg(long, value_name = "FILE")]
-    password_file: Option<PathBuf>,
-}
-
-impl PasswordArgs {
-    /// `--password-file`, if given.
-    pub(crate) fn file(&self) -> Option<&Path> {
-        self.password_file.as_deref()
-    }
-}
-
 /// Arguments shared by `rpc` and `cast`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RemoteArgs {
@@ -78,7 +63,7 @@ pub(crate) struct RemoteArgs {
     /// The request, in Erlang syntax, e.g. '{lookup, joe}'.
     term: String,
     #[command(flatten)]
-    password: PasswordArgs,
+    login: LoginArgs,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -98,7 +83,7 @@ pub(crate) struct CallArgs {
     #[arg(allow_negative_numbers = true)]
     args: Vec<String>,
     #[command(flatten)]
-    password: PasswordArgs,
+    login: LoginArgs,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -192,7 +177,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn with_channel<F, Fut>(
     address: &str,
     service: &str,
-    password_args: &PasswordArgs,
+    login: &LoginArgs,
     connect: &ConnectArgs,
     work: F,
 ) -> anyhow::Result<()>
@@ -201,26 +186,16 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let (host, port) = split_address(address)?;
-    let opts = connect.options()?;
-    let (password, source) = password(&host, port, service, password_args.file())?;
+    let (opts, login) = login.resolve(&host, port, service, connect.options()?)?;
     runtime()?.block_on(async {
         let channel = opts
-            .connect(&host, port, service, password.as_bytes(), Term::nil())
+            .connect_with(&host, port, service, &login, Term::nil())
             .await
-            .map_err(|e| connect_error(e, source.as_ref()))?;
+            .map_err(|e| connect_error(e, &login))?;
         let result = work(channel.clone()).await;
         channel.close().await;
         result
     })
-}
-
-/// A failed connect as an error to print, saying where a refused password came from:
-/// a stale file is a common cause.
-pub(crate) fn connect_error(e: Error, source: Option<&PasswordSource>) -> anyhow::Error {
-    match (&e, source) {
-        (Error::AuthFailed, Some(source)) => anyhow!("{e} (the password came from {source})"),
-        _ => e.into(),
-    }
 }
 
 /// `lib_chan rpc` and `lib_chan cast`.
@@ -230,7 +205,7 @@ pub(crate) fn run(mode: Mode, args: &RemoteArgs) -> anyhow::Result<()> {
     with_channel(
         &args.address,
         &args.service,
-        &args.password,
+        &args.login,
         &args.connect,
         |channel| async move {
             match mode {
@@ -279,7 +254,7 @@ pub(crate) fn call(args: &CallArgs) -> anyhow::Result<()> {
     with_channel(
         &args.address,
         &args.service,
-        &args.password,
+        &args.login,
         &args.connect,
         |channel| async move {
             let reply = channel.rpc(request).await?;

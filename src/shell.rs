@@ -45,7 +45,7 @@ pub(crate) struct ShellArgs {
     /// The service name, e.g. nameServer.
     service: String,
     #[command(flatten)]
-    password: remote::PasswordArgs,
+    login: remote::LoginArgs,
     #[command(flatten)]
     connect: remote::ConnectArgs,
 }
@@ -67,8 +67,9 @@ const CONTINUATION: &str = ".. ";
 pub(crate) fn run(args: &ShellArgs) -> anyhow::Result<()> {
     crate::init_logging("warn");
     let (host, port) = remote::split_address(&args.address)?;
-    let opts = args.connect.options()?;
-    let (password, source) = remote::password(&host, port, &args.service, args.password.file())?;
+    let (opts, login) = args
+        .login
+        .resolve(&host, port, &args.service, args.connect.options()?)?;
     // Pushes are printed by a task while the main thread waits in readline, so the
     // runtime needs a thread of its own.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -77,8 +78,8 @@ pub(crate) fn run(args: &ShellArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let channel = runtime
-        .block_on(opts.connect(&host, port, &args.service, password.as_bytes(), Term::nil()))
-        .map_err(|e| remote::connect_error(e, source.as_ref()))?;
+        .block_on(opts.connect_with(&host, port, &args.service, &login, Term::nil()))
+        .map_err(|e| remote::connect_error(e, &login))?;
 
     let interactive = std::io::stdin().is_terminal();
     let config = Config::builder()

@@ -394,3 +394,110 @@ async fn shutdown_answers_the_call_in_flight_then_stops_the_program() {
     );
     wait_file(&pid_file, "stopped").await;
 }
+
+/// A port service running one of the book-style examples in `clients/erlang/examples`.
+fn book_example(service: &str, script: &str) -> ServiceConfig {
+    let mut s = port_service(service, "name_server.escript", &[]);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients/erlang/examples")
+        .join(script);
+    s.options.port.as_mut().unwrap().command = vec![escript(), path.display().to_string()];
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_books_own_modules_serve_every_client_as_port_programs() {
+    let server = TestServer::start_with(|c: &mut Config| {
+        // The book's mod_name_server (and kvs) in place of the built-in name server.
+        c.services.retain(|s| s.name != "nameServer");
+        c.services
+            .push(book_example("nameServer", "name_server.escript"));
+        c.services.push(book_example("chat", "chat.escript"));
+    })
+    .await;
+    // The Rust client.
+    let ch = connect(&server, "nameServer").await.unwrap();
+    within("cast", ch.cast(term!({store, joe, "writing a book"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("rpc", ch.rpc(term!({lookup, joe}))).await.unwrap(),
+        term!({ok, "writing a book"})
+    );
+    assert_eq!(
+        within("rpc", ch.rpc(term!({lookup, jim}))).await.unwrap(),
+        term!(undefined)
+    );
+    let (addr, ca, port) = (
+        format!("127.0.0.1:{}", server.addr.port()),
+        server.ca_path().display().to_string(),
+        server.addr.port().to_string(),
+    );
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/erlang/seed_session.escript");
+    let (cli, erl) = tokio::task::spawn_blocking(move || {
+        // The command line.
+        let cli = std::process::Command::new(env!("CARGO_BIN_EXE_lib_chan"))
+            .args(["rpc", &addr, "nameServer", "{lookup, joe}", "--ca", &ca])
+            .env("LIB_CHAN_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        // An Erlang node with nothing but ssl: the book's session, then 100 calls.
+        let erl = std::process::Command::new("escript")
+            .arg(&seed)
+            .args(["localhost", &port, &ca])
+            .output()
+            .unwrap();
+        (cli, erl)
+    })
+    .await
+    .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stdout),
+        "{ok,\"writing a book\"}\n"
+    );
+    let erl_out = String::from_utf8_lossy(&erl.stdout);
+    assert!(
+        erl.status.success() && erl_out.contains("seed session ok"),
+        "{erl_out}\n{}",
+        String::from_utf8_lossy(&erl.stderr)
+    );
+    // The book-style chat: two members hear each other.
+    let joe = connect(&server, "chat").await.unwrap();
+    let jim = connect(&server, "chat").await.unwrap();
+    assert_eq!(
+        within("login", joe.rpc(term!({login, "room", "joe"})))
+            .await
+            .unwrap(),
+        term!(true)
+    );
+    assert_eq!(
+        within("login", jim.rpc(term!({login, "room", "jim"})))
+            .await
+            .unwrap(),
+        term!(true)
+    );
+    assert_eq!(
+        within("relay", jim.rpc(term!({relay, "hello"})))
+            .await
+            .unwrap(),
+        term!(true)
+    );
+    let heard = within("pushes", async {
+        let mut seen = Vec::new();
+        while let Some(t) = joe.recv().await {
+            let done = t == term!({msg, "jim", "room", "hello"});
+            seen.push(t);
+            if done {
+                return seen;
+            }
+        }
+        seen
+    })
+    .await;
+    assert!(heard.contains(&term!({joined, "jim", "room"})), "{heard:?}");
+}

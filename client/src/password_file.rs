@@ -20,6 +20,20 @@
 //! - Blank lines and lines whose first non-blank character is `#` are ignored.
 //! - A file holding a single word on its only line is a *cookie*: the password for
 //!   every host and service. `lib_chan serve` keeps its generated password so.
+//! - A named user's login (PROTOCOL.md section 4.1) takes the place of the password,
+//!   starting with `user=NAME`:
+//!
+//!   ```text
+//!   gandalf:1234  nameServer  user=alice key=~/.lib_chan/alice.key
+//!   gandalf:1234  chat        user=alice cert=alice.pem cert_key=alice.key
+//!   gandalf       *           user=alice password=the rest of the line
+//!   ```
+//!
+//!   `key=FILE` is an Ed25519 key (PKCS#8 PEM, mode 0600), `cert=FILE cert_key=FILE` a
+//!   client certificate and its key, `password=...` the user's own password. Relative
+//!   paths are relative to the password file's directory, `~/` to the home directory.
+//!   (A service password that itself starts with `user=` can no longer be written
+//!   plainly: there is no such need, and the form is now taken.)
 //! - The file must be readable and writable by its owner only (`chmod 600 FILE`); one
 //!   that group or others may read or write is refused, as ssh refuses such a key.
 //!   Hosts are matched as dialled: `localhost` and `127.0.0.1` are different hosts.
@@ -192,7 +206,7 @@ impl fmt::Display for PasswordSource {
     }
 }
 
-/// One `HOST[:PORT] SERVICE PASSWORD` line.
+/// One `HOST[:PORT] SERVICE PASSWORD` (or `... user=NAME ...`) line.
 #[derive(Clone, PartialEq, Eq)]
 struct Entry {
     /// Lowercase, without brackets; `*` for any.
@@ -200,8 +214,81 @@ struct Entry {
     port: Option<u16>,
     /// `*` for any.
     service: String,
-    password: String,
+    secret: Secret,
     line: usize,
+}
+
+/// What a line gives.
+#[derive(Clone, PartialEq, Eq)]
+enum Secret {
+    /// The service password.
+    Service(String),
+    /// A named user's credential.
+    User(String, UserSecret),
+}
+
+/// A named user's credential, as a line gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserSecret {
+    /// `password=...`: the user's own password.
+    Password(String),
+    /// `key=FILE`: an Ed25519 private key file.
+    Key(PathBuf),
+    /// `cert=FILE cert_key=FILE`: a client certificate and its key.
+    Certificate(PathBuf, PathBuf),
+}
+
+/// A named user's login found in a password file (or `LIB_CHAN_PASSWORD`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserLogin {
+    /// The user.
+    pub user: String,
+    /// The credential.
+    pub secret: UserSecret,
+    /// Where it was found.
+    pub source: PasswordSource,
+}
+
+impl fmt::Debug for UserLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.secret {
+            UserSecret::Password(_) => "password".to_owned(),
+            UserSecret::Key(p) => format!("key {}", p.display()),
+            UserSecret::Certificate(c, _) => format!("certificate {}", c.display()),
+        };
+        f.debug_struct("UserLogin")
+            .field("user", &self.user)
+            .field("secret", &kind)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl UserLogin {
+    /// The [`Login`](crate::Login) and, for a certificate, the files to present with
+    /// [`ConnectOptions::client_cert_files`](crate::ConnectOptions::client_cert_files).
+    ///
+    /// # Errors
+    /// A key file that cannot be used.
+    pub fn login(&self) -> Result<(crate::Login, Option<(PathBuf, PathBuf)>), crate::Error> {
+        let source = self.source.to_string();
+        Ok(match &self.secret {
+            UserSecret::Password(pw) => (
+                crate::Login::user_password(&self.user, pw).from_source(source),
+                None,
+            ),
+            UserSecret::Key(path) => (
+                crate::Login::ed25519_file(&self.user, path)?
+                    .from_source(format!("key file {} ({source})", path.display())),
+                None,
+            ),
+            UserSecret::Certificate(cert, key) => (
+                crate::Login::certificate(&self.user)
+                    .from_source(format!("certificate {} ({source})", cert.display())),
+                Some((cert.clone(), key.clone())),
+            ),
+        })
+    }
 }
 
 impl Entry {
@@ -326,8 +413,11 @@ impl PasswordFile {
             Content::Cookie(secret, line) => (secret, *line),
             Content::Entries(entries) => entries
                 .iter()
-                .find(|e| e.matches(host, port, service))
-                .map(|e| (&e.password, e.line))?,
+                .filter(|e| e.matches(host, port, service))
+                .find_map(|e| match &e.secret {
+                    Secret::Service(pw) => Some((pw, e.line)),
+                    Secret::User(..) => None,
+                })?,
         };
         Some(Password {
             secret: secret.clone(),
@@ -339,7 +429,87 @@ impl PasswordFile {
     }
 }
 
-/// Parses `HOST[:PORT] SERVICE PASSWORD`.
+impl PasswordFile {
+    /// The first line for `service` on `host:port` that logs in as a named user (as
+    /// `user`, when given; any user otherwise).
+    pub fn lookup_user(
+        &self,
+        host: &str,
+        port: u16,
+        service: &str,
+        user: Option<&str>,
+    ) -> Option<UserLogin> {
+        let Content::Entries(entries) = &self.content else {
+            return None;
+        };
+        entries
+            .iter()
+            .filter(|e| e.matches(host, port, service))
+            .find_map(|e| match &e.secret {
+                Secret::User(name, secret) if user.is_none_or(|u| u == name) => Some(UserLogin {
+                    user: name.clone(),
+                    secret: self.resolved(secret),
+                    source: PasswordSource::File {
+                        path: self.path.clone(),
+                        line: e.line,
+                    },
+                }),
+                _ => None,
+            })
+    }
+
+    /// `secret` with its paths made relative to the file's directory (`~/` to home).
+    fn resolved(&self, secret: &UserSecret) -> UserSecret {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &PathBuf| -> PathBuf {
+            if let Ok(rest) = p.strip_prefix("~") {
+                let home =
+                    std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+                home.join(rest)
+            } else {
+                base.join(p)
+            }
+        };
+        match secret {
+            UserSecret::Password(pw) => UserSecret::Password(pw.clone()),
+            UserSecret::Key(k) => UserSecret::Key(fix(k)),
+            UserSecret::Certificate(c, k) => UserSecret::Certificate(fix(c), fix(k)),
+        }
+    }
+}
+
+/// Reads `user=NAME key=FILE`, `user=NAME cert=FILE cert_key=FILE` or
+/// `user=NAME password=REST`.
+fn parse_user(rest: &str) -> Result<Secret, String> {
+    let form = "expected `user=NAME key=FILE`, `user=NAME cert=FILE cert_key=FILE` or \
+                `user=NAME password=PASSWORD` after the service";
+    let rest = rest.strip_prefix("user=").ok_or(form)?;
+    let (name, rest) = rest.split_once(char::is_whitespace).ok_or(form)?;
+    let rest = rest.trim_start();
+    if name.is_empty() {
+        return Err(form.into());
+    }
+    let secret = if let Some(pw) = rest.strip_prefix("password=") {
+        UserSecret::Password(pw.trim().to_owned())
+    } else if let Some(key) = rest.strip_prefix("key=") {
+        if key.trim().is_empty() || key.trim().contains(char::is_whitespace) {
+            return Err(form.into());
+        }
+        UserSecret::Key(PathBuf::from(key.trim()))
+    } else if let Some(cert) = rest.strip_prefix("cert=") {
+        let (cert, key) = cert.split_once(char::is_whitespace).ok_or(form)?;
+        let key = key.trim().strip_prefix("cert_key=").ok_or(form)?;
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return Err(form.into());
+        }
+        UserSecret::Certificate(PathBuf::from(cert), PathBuf::from(key))
+    } else {
+        return Err(form.into());
+    };
+    Ok(Secret::User(name.to_owned(), secret))
+}
+
+/// Parses `HOST[:PORT] SERVICE PASSWORD` (or `... user=NAME ...`).
 fn parse_entry(line: &str, n: usize) -> Result<Entry, String> {
     let form = "expected `HOST[:PORT] SERVICE PASSWORD`, or a file holding only a password";
     let (address, rest) = line.split_once(char::is_whitespace).ok_or(form)?;
@@ -352,11 +522,16 @@ fn parse_entry(line: &str, n: usize) -> Result<Entry, String> {
     if host.is_empty() {
         return Err(format!("`{address}` has no host"));
     }
+    let secret = if password.starts_with("user=") {
+        parse_user(password)?
+    } else {
+        Secret::Service(password.to_owned())
+    };
     Ok(Entry {
         host: normal_host(host),
         port,
         service: service.to_owned(),
-        password: password.to_owned(),
+        secret,
         line: n,
     })
 }
@@ -490,6 +665,35 @@ impl PasswordLookup {
     }
 }
 
+impl PasswordLookup {
+    /// A named user's login for `service` on `host:port`: `LIB_CHAN_PASSWORD` as `user`'s
+    /// password (when `user` is given), else the first `user=` line of the named file or
+    /// the default file (for `user`, when given). `Ok(None)` when there is none.
+    ///
+    /// # Errors
+    /// As [`find`](Self::find), for the files.
+    pub fn find_user(
+        &self,
+        host: &str,
+        port: u16,
+        service: &str,
+        user: Option<&str>,
+    ) -> Result<Option<UserLogin>, PasswordFileError> {
+        if let (Some(secret), Some(user)) = (&self.env_password, user) {
+            return Ok(Some(UserLogin {
+                user: user.to_owned(),
+                secret: UserSecret::Password(secret.clone()),
+                source: PasswordSource::Env,
+            }));
+        }
+        if let Some(path) = &self.file {
+            return Ok(PasswordFile::load(path)?.lookup_user(host, port, service, user));
+        }
+        Ok(load_if_there(&self.default_file())?
+            .and_then(|f| f.lookup_user(host, port, service, user)))
+    }
+}
+
 /// The file at `path`, or `None` when there is nothing there.
 fn load_if_there(path: &Path) -> Result<Option<PasswordFile>, PasswordFileError> {
     match PasswordFile::load(path) {
@@ -594,6 +798,59 @@ mod tests {
                 line: 3
             }
         );
+    }
+
+    #[test]
+    fn user_lines_give_named_logins_and_never_a_service_password() {
+        let f = PasswordFile::parse(
+            "gandalf:1234 nameServer user=alice key=keys/alice.key\n\
+             gandalf:1234 chat user=bob cert=bob.pem cert_key=~/bob.key\n\
+             gandalf * user=carol password=two words\n\
+             gandalf * the service password\n",
+            Path::new("/etc/lc/pw"),
+        )
+        .unwrap();
+        let alice = f.lookup_user("gandalf", 1234, "nameServer", None).unwrap();
+        assert_eq!(alice.user, "alice");
+        assert_eq!(
+            alice.secret,
+            UserSecret::Key("/etc/lc/keys/alice.key".into())
+        );
+        let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+        let bob = f.lookup_user("gandalf", 1234, "chat", None).unwrap();
+        assert_eq!(
+            bob.secret,
+            UserSecret::Certificate("/etc/lc/bob.pem".into(), Path::new(&home).join("bob.key"))
+        );
+        // A user asked for by name skips the lines of other users.
+        let carol = f
+            .lookup_user("gandalf", 1234, "nameServer", Some("carol"))
+            .unwrap();
+        assert_eq!(carol.secret, UserSecret::Password("two words".into()));
+        assert_eq!(carol.source.to_string(), "/etc/lc/pw line 3");
+        assert!(f
+            .lookup_user("gandalf", 1234, "nameServer", Some("dave"))
+            .is_none());
+        // The service password is the plain line, not a user's.
+        assert_eq!(
+            secret(&f, "gandalf", 1234, "nameServer").unwrap(),
+            "the service password"
+        );
+        assert!(!format!("{carol:?}").contains("two words"));
+        for bad in [
+            "h s user=alice\n",
+            "h s user=alice token=x\n",
+            "h s user=alice cert=a.pem\n",
+            "h s user=alice cert=a.pem key=b\n",
+            "h s user= key=x\n",
+            "h s user=alice key=\n",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("pw:1: expected `user=NAME key=FILE`"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]
