@@ -48,6 +48,9 @@ enum Command {
     GenCert(admin::GenCertArgs),
     /// Read one password from standard input and print its argon2id hash for the config.
     HashPassword,
+    /// Make an Ed25519 key pair for a named user's key logins: the private key in FILE
+    /// (mode 0600), the [[user]] lines with the public key on standard output.
+    Keygen(admin::KeygenArgs),
     /// Validate a config file and summarise it.
     CheckConfig {
         /// The config file.
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Serve { config, port } => serve::serve(config, port),
         Command::GenCert(args) => admin::gen_cert(&args),
         Command::HashPassword => admin::hash_password(),
+        Command::Keygen(args) => admin::keygen(&args),
         Command::CheckConfig { file } => admin::check_config(&file),
         Command::Rpc(args) => remote::run(remote::Mode::Rpc, &args),
         Command::Cast(args) => remote::run(remote::Mode::Cast, &args),
