@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the tests need (Debian packages: Erlang for the interop tests,
-# redis-server for the name server's Redis store tests) and runs
-# the whole suite: formatting, lints, every test. The README's test command; .ci/run
+# Installs what the tests need (Debian packages: Erlang for the interop and port
+# tests, redis-server for the name server's Redis store tests; pytest for the Python
+# package) and runs the whole suite: formatting, lints, every test. The README's test command; .ci/run
 # runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +38,18 @@ if cargo tree --workspace -i aws-lc-sys >/dev/null 2>&1; then
   exit 1
 fi
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace --no-fail-fast
+status=0
+cargo test --workspace --no-fail-fast || status=$?
+
+# The Python client and port-program package (clients/python), against the debug
+# binary the cargo tests just built. pytest from PyPI; cryptography for its key logins.
+if ! python3 -c 'import pytest, cryptography' 2>/dev/null; then
+  python3 -m pip install -q pytest cryptography
+fi
+LIB_CHAN_BIN="$PWD/target/debug/lib_chan" python3 -m pytest -q clients/python/tests || status=$?
+if [ "$status" -ne 0 ]; then
+  exit "$status"
+fi
 
 # Fuzzing smoke run: every target in fuzz/ for 10 s. cargo-fuzz needs the nightly
 # toolchain; a stable-only machine skips this step (not a failure). From a clean state on

@@ -501,3 +501,35 @@ async fn the_books_own_modules_serve_every_client_as_port_programs() {
     .await;
     assert!(heard.contains(&term!({joined, "jim", "room"})), "{heard:?}");
 }
+
+#[tokio::test]
+async fn a_python_port_program_serves_the_seed_session() {
+    let server = TestServer::start_with(|c: &mut Config| {
+        let mut s = port_service("pyNames", "name_server.escript", &[]);
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python/examples/name_server.py");
+        s.options.port.as_mut().unwrap().command =
+            vec!["python3".into(), script.display().to_string()];
+        c.services.push(s);
+    })
+    .await;
+    let ch = connect(&server, "pyNames")
+        .await
+        .expect("the Python program starts");
+    within("cast", ch.cast(term!({store, joe, "writing a book"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("rpc", ch.rpc(term!({lookup, joe}))).await.unwrap(),
+        term!({ok, "writing a book"})
+    );
+    assert_eq!(
+        within("rpc", ch.rpc(term!({lookup, jim}))).await.unwrap(),
+        term!(undefined)
+    );
+    within("cast", ch.cast(term!({lookup, joe}))).await.unwrap();
+    assert_eq!(
+        within("push", ch.recv()).await,
+        Some(term!({ok, "writing a book"}))
+    );
+}
