@@ -4,8 +4,14 @@
 # Builds in release mode, starts our server and a TLS redis-server (Debian's) on free
 # loopback ports with the same development certificate, then for each scenario runs
 # redis-benchmark and `lib_chan bench` with matching settings, alternating A B A B, and
-# prints one table of medians and ratios (ours / Redis). Then measures the server's
-# memory per idle authenticated connection with 10,000 connections.
+# prints one table of medians and ratios (ours / Redis). The connect rows log in three
+# ways (the service password with the server's verified-credential cache warm, a named
+# user's Ed25519 key, a client certificate) against Redis reconnecting per request, and
+# a second table gives the server's CPU time per connect + login + lookup for each. A
+# row compares lookups through a port program (the book-style Erlang name server of
+# clients/erlang/examples, run as `handler = "port"`) with the built-in name server.
+# Then measures the server's memory per idle authenticated connection with 10,000
+# connections.
 #
 #   bash bench/compare.sh            # about 5 minutes
 #   ROUNDS=3 SECONDS_PER_RUN=5 bash bench/compare.sh
@@ -38,6 +44,17 @@ OUR_PORT=$(free_port)
 REDIS_PORT=$(free_port)
 "$BIN" gen-cert --out "$WORK/certs" --host localhost --host 127.0.0.1 >/dev/null
 HASH=$(echo ABXy45 | "$BIN" hash-password)
+# A named user with a key and a client certificate, for the login rows.
+PUBLIC=$("$BIN" keygen --out "$WORK/bench.key" --name bench | awk -F'"' '/^ed25519/ {print $2}')
+FINGERPRINT=$("$BIN" gen-cert --client bench --out "$WORK/certs" | awk -F'"' '/^cert_sha256/ {print $2}')
+PORT_NAMES=""
+if command -v escript >/dev/null; then
+  PORT_NAMES="[[service]]
+name = \"portNames\"
+password = \"$HASH\"
+handler = \"port\"
+command = [\"escript\", \"$PWD/clients/erlang/examples/name_server.escript\"]"
+fi
 cat > "$WORK/lib_chan.conf" <<EOF
 port = $OUR_PORT
 bind = "127.0.0.1"
@@ -54,6 +71,12 @@ name = "nameServer"
 password = "$HASH"
 handler = "mod_name_server"
 args = "notUsed"
+$PORT_NAMES
+[[user]]
+name = "bench"
+services = ["*"]
+ed25519 = "$PUBLIC"
+cert_sha256 = "$FINGERPRINT"
 EOF
 # Connections need descriptors on both sides.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -76,24 +99,42 @@ redis_rps() { # clients pipeline keepalive requests
   redis-benchmark --tls --cacert "$WORK/certs/ca.pem" -p "$REDIS_PORT" -t get -d 16 -r 1000 \
     -c "$1" -P "$2" -k "$3" -n "$4" --csv 2>/dev/null | awk -F'"' '/GET/ {print $4}'
 }
-# lib_chan bench's operations per second.
-ours_rps() { # connections pipeline op [--batch]
-  "$BIN" bench "127.0.0.1:$OUR_PORT" nameServer --ca "$WORK/certs/ca.pem" --connections "$1" \
-    --pipeline "$2" --op "$3" ${4:+"$4"} --value-size 16 --duration "$SECS" --json 2>/dev/null |
-    tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["ops_per_sec"])'
+# lib_chan bench's operations per second; more bench flags may follow (a login, --batch,
+# --service ...), and BENCH_JSON keeps the whole JSON line.
+ours_rps() { # connections pipeline op [bench flags...]
+  local c=$1 p=$2 op=$3 service=nameServer
+  shift 3
+  if [ "${1:-}" = "--service" ]; then service=$2; shift 2; fi
+  BENCH_JSON=$("$BIN" bench "127.0.0.1:$OUR_PORT" "$service" --ca "$WORK/certs/ca.pem" --connections "$c" \
+    --pipeline "$p" --op "$op" "$@" --value-size 16 --duration "$SECS" --json 2>/dev/null | tail -1)
+  python3 -c 'import json,sys; print(json.loads(sys.argv[1])["ops_per_sec"])' "$BENCH_JSON"
 }
+# The server's CPU time so far (user + system), in clock ticks.
+server_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
-row() { # name clients pipeline keepalive op requests [--batch]
-  local ours=() theirs=()
+CPU_ROWS=()
+row() { # name clients pipeline keepalive op requests [bench flags...]
+  local name=$1 clients=$2 pipeline=$3 keepalive=$4 op=$5 requests=$6
+  shift 6
+  local ours=() theirs=() cpu=()
   for _ in $(seq "$ROUNDS"); do
-    theirs+=("$(redis_rps "$2" "$3" "$4" "$6")")
-    ours+=("$(ours_rps "$2" "$3" "$5" "${7:-}")")
+    theirs+=("$(redis_rps "$clients" "$pipeline" "$keepalive" "$requests")")
+    local t0
+    t0=$(server_ticks)
+    ours+=("$(ours_rps "$clients" "$pipeline" "$op" "$@")")
+    local ops
+    ops=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["ops"])' "$BENCH_JSON")
+    cpu+=("$(python3 -c "print(($(server_ticks) - $t0) * $TICK_US / max($ops, 1))")")
   done
   local o t
   o=$(median "${ours[@]}")
   t=$(median "${theirs[@]}")
-  printf '| %s | %.0f | %.0f | %.2f |\n' "$1" "$o" "$t" "$(python3 -c "print($o/$t)")"
+  printf '| %s | %.0f | %.0f | %.2f |\n' "$name" "$o" "$t" "$(python3 -c "print($o/$t)")"
+  if [ "$op" = connect ]; then
+    CPU_ROWS+=("$(printf '| %s | %.0f |' "$name" "$(median "${cpu[@]}")")")
+  fi
 }
 
 echo "| scenario | lib_chan ops/s | Redis TLS ops/s | ratio |"
@@ -105,7 +146,30 @@ row "lookup, 50 connections" 50 1 1 lookup 300000
 # each connection, each waiting for its own reply.
 row "lookup, 50 connections x 16 in flight, batches (as -P 16)" 50 16 1 lookup 2000000 --batch
 row "lookup, 50 connections x 16 in flight, 16 callers each" 50 16 1 lookup 2000000
-row "connect + auth + 1 lookup, 1 client" 1 1 0 connect 3000
+row "connect + service password (cache warm) + 1 lookup, 1 client" 1 1 0 connect 3000
+row "connect + Ed25519 key login + 1 lookup, 1 client" 1 1 0 connect 3000 --user bench --key "$WORK/bench.key"
+row "connect + client certificate login + 1 lookup, 1 client" 1 1 0 connect 3000 \
+  --user bench --cert "$WORK/certs/bench.pem" --cert-key "$WORK/certs/bench.key"
+
+echo
+echo "| connect + login + 1 lookup | server CPU per round (µs) |"
+echo "|---|---|"
+printf '%s\n' "${CPU_ROWS[@]}"
+
+if [ -n "$PORT_NAMES" ]; then
+  # The same lookups through the port program and through the built-in name server.
+  builtin=() port=()
+  for _ in $(seq "$ROUNDS"); do
+    builtin+=("$(ours_rps 10 1 lookup)")
+    port+=("$(ours_rps 10 1 lookup --service portNames)")
+  done
+  b=$(median "${builtin[@]}")
+  p=$(median "${port[@]}")
+  echo
+  echo "| lookup, 10 connections | built-in ops/s | port program ops/s | ratio port / built-in |"
+  echo "|---|---|---|---|"
+  printf '| mod_name_server vs the book-style Erlang port name server | %.0f | %.0f | %.2f |\n' "$b" "$p" "$(python3 -c "print($p/$b)")"
+fi
 
 # Memory per idle authenticated connection.
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status"; }
