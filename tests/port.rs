@@ -78,23 +78,7 @@ async fn the_seed_session_runs_through_a_port_name_server() {
     let ch = connect(&server, "names")
         .await
         .expect("a port service starts");
-    within("cast", ch.cast(term!({store, joe, "writing a book"})))
-        .await
-        .unwrap();
-    assert_eq!(
-        within("rpc", ch.rpc(term!({lookup, joe}))).await.unwrap(),
-        term!({ok, "writing a book"})
-    );
-    assert_eq!(
-        within("rpc", ch.rpc(term!({lookup, jim}))).await.unwrap(),
-        term!(undefined)
-    );
-    // The book's style: a send answered by a send.
-    within("cast", ch.cast(term!({lookup, joe}))).await.unwrap();
-    assert_eq!(
-        within("push", ch.recv()).await,
-        Some(term!({ok, "writing a book"}))
-    );
+    common::seed_session(&ch).await;
     // Two connections are two Conns of one program, sharing its names.
     let other = connect(&server, "names").await.unwrap();
     let (a, b) = (
@@ -516,20 +500,5 @@ async fn a_python_port_program_serves_the_seed_session() {
     let ch = connect(&server, "pyNames")
         .await
         .expect("the Python program starts");
-    within("cast", ch.cast(term!({store, joe, "writing a book"})))
-        .await
-        .unwrap();
-    assert_eq!(
-        within("rpc", ch.rpc(term!({lookup, joe}))).await.unwrap(),
-        term!({ok, "writing a book"})
-    );
-    assert_eq!(
-        within("rpc", ch.rpc(term!({lookup, jim}))).await.unwrap(),
-        term!(undefined)
-    );
-    within("cast", ch.cast(term!({lookup, joe}))).await.unwrap();
-    assert_eq!(
-        within("push", ch.recv()).await,
-        Some(term!({ok, "writing a book"}))
-    );
+    common::seed_session(&ch).await;
 }

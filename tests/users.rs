@@ -51,20 +51,6 @@ fn with_cert(server: &TestServer, pair: &user_fixture::Pair) -> ConnectOptions {
     server.options().client_cert_pem(&pair.cert, &pair.key)
 }
 
-async fn seed_session(ch: &lib_chan_client::Channel) {
-    within("cast", ch.cast(term!({store, joe, "writing a book"})))
-        .await
-        .unwrap();
-    assert_eq!(
-        within("rpc", ch.rpc(term!({lookup, joe}))).await.unwrap(),
-        term!({ok, "writing a book"})
-    );
-    assert_eq!(
-        within("rpc", ch.rpc(term!({lookup, jim}))).await.unwrap(),
-        term!(undefined)
-    );
-}
-
 #[tokio::test]
 async fn every_credential_logs_in_and_runs_the_seed_session() {
     let server = start().await;
@@ -103,7 +89,7 @@ async fn every_credential_logs_in_and_runs_the_seed_session() {
             .unwrap_or_else(|e| panic!("{user} with {}: {e}", how.kind_name()));
         assert_eq!(ch.welcome().protocol, 2);
         assert_eq!(ch.welcome().user.as_deref(), Some(user));
-        seed_session(&ch).await;
+        common::seed_session(&ch).await;
         let open = handle(&server).connections();
         assert!(
             open.iter()
@@ -650,7 +636,7 @@ async fn a_relay_learns_a_password_but_cannot_relay_a_key_login() {
     )
     .await
     .expect("a password login passes a relay");
-    seed_session(&ch).await;
+    common::seed_session(&ch).await;
     // A key login signs the relay's certificate, not the server's: refused.
     let r = login(
         &through_relay,

@@ -162,26 +162,10 @@ impl ConnectionTable {
         all
     }
 
-    /// Revokes the connections `pick` selects (`{error, revoked}`); returns how many.
+    /// Revokes the connections `pick` selects (`{error, revoked}`), as the operator
+    /// `by` asked; returns how many.
     pub(crate) fn kick(&self, pick: impl Fn(&ConnectionInfo) -> bool, by: &str) -> usize {
-        let open = self.lock();
-        let mut kicked = 0;
-        for o in open.values().filter(|o| pick(&o.info)) {
-            if !o.revoke.is_cancelled() {
-                tracing::warn!(
-                    target: crate::audit::TARGET,
-                    conn = o.info.id,
-                    peer = %o.info.peer,
-                    user = o.info.user.as_deref().unwrap_or("-"),
-                    service = %o.info.service,
-                    by,
-                    "connection kicked by the operator"
-                );
-                o.revoke.cancel();
-                kicked += 1;
-            }
-        }
-        kicked
+        self.revoke_where(|o| pick(&o.info).then(|| format!("kicked ({by})")))
     }
 
     /// Revokes every named user's connection that `users` (with client CA digest `ca`)
@@ -192,10 +176,8 @@ impl ConnectionTable {
         ca: Option<[u8; 32]>,
         now: SystemTime,
     ) -> usize {
-        let open = self.lock();
-        let mut revoked = 0;
-        for o in open.values() {
-            if let Err(why) = still_allowed(
+        self.revoke_where(|o| {
+            still_allowed(
                 users,
                 ca,
                 &o.identity,
@@ -203,20 +185,30 @@ impl ConnectionTable {
                 &o.info.service,
                 o.info.peer,
                 now,
-            ) {
-                if !o.revoke.is_cancelled() {
-                    tracing::info!(
-                        target: crate::audit::TARGET,
-                        conn = o.info.id,
-                        peer = %o.info.peer,
-                        user = o.info.user.as_deref().unwrap_or("-"),
-                        service = %o.info.service,
-                        reason = why,
-                        "connection revoked"
-                    );
-                    o.revoke.cancel();
-                    revoked += 1;
-                }
+            )
+            .err()
+            .map(str::to_owned)
+        })
+    }
+
+    /// Revokes each open connection for which `why` gives a reason, logging it on the
+    /// audit target; returns how many.
+    fn revoke_where(&self, why: impl Fn(&Open) -> Option<String>) -> usize {
+        let open = self.lock();
+        let mut revoked = 0;
+        for o in open.values().filter(|o| !o.revoke.is_cancelled()) {
+            if let Some(reason) = why(o) {
+                tracing::info!(
+                    target: crate::audit::TARGET,
+                    conn = o.info.id,
+                    peer = %o.info.peer,
+                    user = o.info.user.as_deref().unwrap_or("-"),
+                    service = %o.info.service,
+                    %reason,
+                    "connection revoked"
+                );
+                o.revoke.cancel();
+                revoked += 1;
             }
         }
         revoked

@@ -295,47 +295,23 @@ where
                 )
                 .await;
                 let fingerprint = decision.fingerprint.as_deref();
-                let accepted = match decision.verdict {
-                    Verdict::Accepted(a) => a,
-                    Verdict::Busy => {
-                        state.metrics.login(AuthResult::Busy, kind);
-                        audit(
-                            state,
-                            peer,
-                            kind,
-                            user.as_deref(),
-                            fingerprint,
-                            &service,
-                            Ok("busy"),
-                            started,
-                        );
-                        return Err(HandshakeFailure::Refused(ErrorReason::Busy));
+                let (accepted, result, outcome) = match decision.verdict {
+                    // A service that cannot take the connection now (a port program
+                    // being restarted) is answered busy; the caller's deadline bounds
+                    // the wait.
+                    Verdict::Accepted(a) => {
+                        let ready = match a.entry.service.ready() {
+                            Some(ready) => ready.await,
+                            None => true,
+                        };
+                        if ready {
+                            (Some(a), AuthResult::Ok, Ok("ok"))
+                        } else {
+                            (None, AuthResult::Busy, Ok("busy"))
+                        }
                     }
-                    Verdict::Refused(refusal) => {
-                        state.metrics.login(AuthResult::Failed, kind);
-                        audit(
-                            state,
-                            peer,
-                            kind,
-                            user.as_deref(),
-                            fingerprint,
-                            &service,
-                            Err(refusal),
-                            started,
-                        );
-                        return Err(HandshakeFailure::Refused(ErrorReason::AuthFailed));
-                    }
-                };
-                // A service that cannot take the connection now (a port program being
-                // restarted) is answered busy; the caller's deadline bounds the wait.
-                let ready = match accepted.entry.service.ready() {
-                    Some(ready) => ready.await,
-                    None => true,
-                };
-                let (result, outcome) = if ready {
-                    (AuthResult::Ok, "ok")
-                } else {
-                    (AuthResult::Busy, "busy")
+                    Verdict::Busy => (None, AuthResult::Busy, Ok("busy")),
+                    Verdict::Refused(refusal) => (None, AuthResult::Failed, Err(refusal)),
                 };
                 state.metrics.login(result, kind);
                 audit(
@@ -345,12 +321,15 @@ where
                     user.as_deref(),
                     fingerprint,
                     &service,
-                    Ok(outcome),
+                    outcome,
                     started,
                 );
-                if !ready {
-                    return Err(HandshakeFailure::Refused(ErrorReason::Busy));
-                }
+                let Some(accepted) = accepted else {
+                    return Err(HandshakeFailure::Refused(match result {
+                        AuthResult::Failed => ErrorReason::AuthFailed,
+                        _ => ErrorReason::Busy,
+                    }));
+                };
                 let welcome = HandshakeReply::Welcome(Welcome {
                     protocol: if version_1 {
                         PROTOCOL_VERSION_1

@@ -227,6 +227,29 @@ impl TestServer {
     }
 }
 
+/// The book's seed session on a name server channel: `cast` the store, then `rpc` the
+/// two lookups, asserting their answers; and, in the book's own style, a cast lookup
+/// answered with a push.
+pub async fn seed_session(ch: &lib_chan_client::Channel) {
+    use lib_chan_protocol::term;
+    within("cast", ch.cast(term!({store, joe, "writing a book"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("rpc", ch.rpc(term!({lookup, joe}))).await.unwrap(),
+        term!({ok, "writing a book"})
+    );
+    assert_eq!(
+        within("rpc", ch.rpc(term!({lookup, jim}))).await.unwrap(),
+        term!(undefined)
+    );
+    within("cast", ch.cast(term!({lookup, joe}))).await.unwrap();
+    assert_eq!(
+        within("push", ch.recv()).await,
+        Some(term!({ok, "writing a book"}))
+    );
+}
+
 /// The body of `GET /metrics` from a metrics endpoint, over plain TCP (bounded).
 pub async fn scrape(addr: SocketAddr) -> String {
     use tokio::io::AsyncReadExt;
