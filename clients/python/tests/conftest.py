@@ -176,6 +176,20 @@ password = "{service_hash}"
 handler = "mod_name_server"
 args = "notUsed"
 
+# Port programs (PROTOCOL.md section 9): this package's example name server, and the
+# book's own mod_name_server run by clients/erlang/lib_chan_port.erl.
+[[service]]
+name = "pyNames"
+password = "{service_hash}"
+handler = "port"
+command = ["{sys.executable}", "{PKG / 'examples' / 'name_server.py'}"]
+
+[[service]]
+name = "bookNames"
+password = "{service_hash}"
+handler = "port"
+command = ["escript", "{REPO / 'clients' / 'erlang' / 'examples' / 'name_server.escript'}"]
+
 [[user]]
 name = "alice"
 services = ["nameServer"]

@@ -37,6 +37,18 @@ def test_seed_session(server):
         assert ch.rpc((A.store, A.jim, b"binary")) == TRUE
 
 
+@pytest.mark.parametrize("service", ["pyNames", "bookNames"])
+def test_seed_session_through_port_programs(server, service):
+    """The same session from this client, through port programs behind the server: the
+    Python example name server, and the book's Erlang module run by lib_chan_port."""
+    with connect("127.0.0.1", server.port, service, "ABXy45", "", ca=server.ca) as ch:
+        ch.cast((A.store, A.joe, "writing a book"))
+        assert ch.rpc((A.lookup, A.joe)) == (A.ok, "writing a book")
+        assert ch.rpc((A.lookup, A.jim)) == A.undefined
+        ch.cast((A.lookup, A.joe))
+        assert ch.recv(timeout=10) == (A.ok, "writing a book")
+
+
 def test_service_as_atom_and_binary_password(server):
     with connect("localhost", server.port, A.nameServer, SERVICE_PASSWORD.encode(), ca=server.ca) as ch:
         assert ch.rpc((A.lookup, A.nobody_stored_this)) == UNDEFINED
