@@ -29,7 +29,7 @@ pub fn run(path: &Path) -> Result<()> {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     print!(
         "{}",
-        convert(&text, path, |pw| lib_chan_server::auth::hash_password(pw))?
+        convert(&text, path, lib_chan_server::auth::hash_password)?
     );
     Ok(())
 }

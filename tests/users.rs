@@ -263,7 +263,17 @@ async fn every_refusal_is_the_same_answer_and_only_the_operator_learns_why() {
         Box::new(move |_, _| user_cred(u, password(p)))
     };
     let cert = |u: &'static str| -> Cred { Box::new(move |_, _| user_cred(u, term!(certificate))) };
-    let cases: Vec<(&str, Option<&user_fixture::Pair>, bool, Cred, &str, Refusal)> = vec![
+    /// What, the client certificate, whether to ask for a challenge, the credential,
+    /// the service, and the reason the server must record.
+    type Case<'a> = (
+        &'a str,
+        Option<&'a user_fixture::Pair>,
+        bool,
+        Cred,
+        &'a str,
+        Refusal,
+    );
+    let cases: Vec<Case> = vec![
         (
             "unknown service",
             None,
@@ -431,7 +441,7 @@ async fn every_refusal_is_the_same_answer_and_only_the_operator_learns_why() {
         ),
     ];
     for (what, client_cert, challenge, cred, service, reason) in cases {
-        let answer = attempt(&server, client_cert, challenge, |n, h| cred(n, h), service).await;
+        let answer = attempt(&server, client_cert, challenge, cred, service).await;
         assert_eq!(answer, want, "{what}: answered {:?}", etf::decode(&answer));
         let denials = handle(&server).denials();
         assert!(

@@ -86,7 +86,7 @@ pub(crate) struct AdminService {
 }
 
 impl AdminService {
-    pub(crate) fn new(hub: &Arc<AdminHub>) -> Arc<dyn Service> {
+    pub(crate) fn service(hub: &Arc<AdminHub>) -> Arc<dyn Service> {
         Arc::new(AdminService {
             hub: Arc::clone(hub),
         })

@@ -250,7 +250,7 @@ pub(crate) fn build_services(
             }
             _ => {
                 let service = if sc.handler == crate::registry::ADMIN_HANDLER {
-                    crate::admin::AdminService::new(admin)
+                    crate::admin::AdminService::service(admin)
                 } else {
                     registry.make(sc).map_err(|message| StartError::Service {
                         name: sc.name.clone(),

@@ -218,7 +218,7 @@ impl Inner {
     }
 
     /// Handles one frame from the program; `Err` is a protocol error of the program.
-    fn from_program(&self, t: &Term) -> Result<(), String> {
+    fn handle_frame(&self, t: &Term) -> Result<(), String> {
         let items = t.as_tuple().unwrap_or(&[]);
         let conn_of = |c: &Term| c.as_int().and_then(|n| u64::try_from(n).ok());
         let bad = || {
@@ -368,7 +368,7 @@ async fn run_once(inner: &Arc<Inner>, generation: u64) -> String {
                 Some(Err(e)) => break format!("bad frame from it: {e}"),
                 Some(Ok(payload)) => match etf::decode(&payload) {
                     Ok(t) => {
-                        if let Err(e) = inner.from_program(&t) {
+                        if let Err(e) = inner.handle_frame(&t) {
                             break format!("protocol error: {e}");
                         }
                     }
