@@ -100,14 +100,15 @@ redis_rps() { # clients pipeline keepalive requests
     -c "$1" -P "$2" -k "$3" -n "$4" --csv 2>/dev/null | awk -F'"' '/GET/ {print $4}'
 }
 # lib_chan bench's operations per second; more bench flags may follow (a login, --batch,
-# --service ...), and BENCH_JSON keeps the whole JSON line.
+# --service ...). The whole JSON line is left in $WORK/bench.json.
 ours_rps() { # connections pipeline op [bench flags...]
   local c=$1 p=$2 op=$3 service=nameServer
   shift 3
   if [ "${1:-}" = "--service" ]; then service=$2; shift 2; fi
-  BENCH_JSON=$("$BIN" bench "127.0.0.1:$OUR_PORT" "$service" --ca "$WORK/certs/ca.pem" --connections "$c" \
-    --pipeline "$p" --op "$op" "$@" --value-size 16 --duration "$SECS" --json 2>/dev/null | tail -1)
-  python3 -c 'import json,sys; print(json.loads(sys.argv[1])["ops_per_sec"])' "$BENCH_JSON"
+  "$BIN" bench "127.0.0.1:$OUR_PORT" "$service" --ca "$WORK/certs/ca.pem" --connections "$c" \
+    --pipeline "$p" --op "$op" "$@" --value-size 16 --duration "$SECS" --json 2>/dev/null |
+    tail -1 > "$WORK/bench.json"
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ops_per_sec"])' "$WORK/bench.json"
 }
 # The server's CPU time so far (user + system), in clock ticks.
 server_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
@@ -125,7 +126,7 @@ row() { # name clients pipeline keepalive op requests [bench flags...]
     t0=$(server_ticks)
     ours+=("$(ours_rps "$clients" "$pipeline" "$op" "$@")")
     local ops
-    ops=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["ops"])' "$BENCH_JSON")
+    ops=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ops"])' "$WORK/bench.json")
     cpu+=("$(python3 -c "print(($(server_ticks) - $t0) * $TICK_US / max($ops, 1))")")
   done
   local o t
