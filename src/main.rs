@@ -3,11 +3,13 @@
 //!
 //! Each subcommand lives in its own module: [`serve`] (the server, with a working
 //! default), [`admin`] (gen-cert, hash-password, check-config), [`remote`] (rpc,
-//! cast, call and ping, the client side) and [`shell`] (an interactive session);
+//! cast, call and ping, the client side), [`shell`] (an interactive session) and
+//! [`console`] (`admin HOST:PORT VERB`, the operator's console);
 //! [`hangup`] reloads `serve`'s config on SIGHUP.
 
 mod admin;
 mod bench;
+mod console;
 mod hangup;
 mod import_conf;
 mod login;
@@ -80,6 +82,10 @@ enum Command {
         /// The book's config file.
         file: PathBuf,
     },
+    /// The operator's console: ask a mod_admin service for the server's state
+    /// (info, connections, denials, penalties, stats, top) or act on it (kick,
+    /// kick-user, unblock, reload).
+    Admin(console::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +103,7 @@ fn main() -> ExitCode {
         Command::Shell(args) => shell::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::ImportConf { file } => import_conf::run(&file),
+        Command::Admin(args) => return console::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
