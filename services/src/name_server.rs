@@ -13,6 +13,16 @@
 //! | `{delete, K}`              | `true`                      | nothing                  |
 //! | `names`                    | the keys in term order      | `{send, Keys}`           |
 //! | `{watch, K}`/`{unwatch, K}`| `true`                      | nothing                  |
+//! | `revision`                 | the current revision        | nothing                  |
+//! | `{get, K}`                 | `{ok, V, ModRev}` or `{undefined, Rev}` | nothing      |
+//! | `{store, K, V, #{if_revision => R}}` (also with `owner`) | `true` or `{conflict, Answer, ModRev}` | nothing |
+//! | `{delete, K, #{if_revision => R}}` | `true` or `{conflict, Answer, ModRev}` | nothing |
+//! | `{watch, K, Since}`        | `true`, then at once `{changed, K, Answer, ModRev}` if K changed after `Since` | the push only |
+//!
+//! Revisions (PROTOCOL.md 7.1) are kept by every store; [`revision`] has the rules. A
+//! `{watch, K, Since}` pushes `{changed, K, Answer, ModRev}`, a `{watch, K}` the version 1
+//! `{changed, K, Answer}`; no watcher is pushed the same revision twice or an older one
+//! after a newer.
 //!
 //! A call the store cannot carry out (disk error, Redis down) gets
 //! `{error, Ref, store_unavailable}`.
@@ -37,6 +47,7 @@
 
 pub mod file_store;
 pub mod redis_store;
+pub mod revision;
 pub mod store;
 
 use std::collections::HashSet;
@@ -46,12 +57,13 @@ use futures_util::FutureExt;
 use lib_chan_protocol::Term;
 use lib_chan_server::{Call, Event, HandlerFuture, MiddleMan, Service, ServiceConfig, Session};
 
-pub use store::{NameStore, Owner, StoreError, StoreFuture, StoreSpec, Watchers};
+pub use revision::{KeyState, Written};
+pub use store::{NameStore, Owner, StoreError, StoreFuture, StoreSpec, WatchForm, Watchers};
 
 /// One name server request, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    /// `{store, K, V}`, or owner-bound with `#{owner => channel}`.
+    /// `{store, K, V}`, or with options `#{owner => channel, if_revision => R}` (either).
     Store {
         /// The key.
         key: Term,
@@ -59,15 +71,32 @@ pub enum Request {
         value: Term,
         /// Removed when the storing connection closes.
         owner_bound: bool,
+        /// Stored only if the key's last change was at this revision (0: absent).
+        if_revision: Option<u64>,
     },
     /// `{lookup, K}`.
     Lookup(Term),
-    /// `{delete, K}`.
-    Delete(Term),
+    /// `{get, K}`: the value with its revision.
+    Get(Term),
+    /// `{delete, K}`, or `{delete, K, #{if_revision => R}}`.
+    Delete {
+        /// The key.
+        key: Term,
+        /// Deleted only if the key's last change was at this revision.
+        if_revision: Option<u64>,
+    },
     /// `names`.
     Names,
-    /// `{watch, K}`.
-    Watch(Term),
+    /// `revision`: the name space's current revision.
+    Revision,
+    /// `{watch, K}`, or `{watch, K, Since}` (pushes with revisions, catching up from
+    /// `Since`).
+    Watch {
+        /// The key.
+        key: Term,
+        /// The revision the watcher has seen up to, for the version 2 form.
+        since: Option<u64>,
+    },
     /// `{unwatch, K}`.
     Unwatch(Term),
 }
@@ -75,13 +104,21 @@ pub enum Request {
 impl Request {
     /// True for the requests that change the name space (refused to a read-only user).
     pub fn writes(&self) -> bool {
-        matches!(self, Request::Store { .. } | Request::Delete(_))
+        matches!(self, Request::Store { .. } | Request::Delete { .. })
+    }
+
+    /// True for the requests whose answer a *send* gets back as `{send, Answer}`.
+    fn answers_sends(&self) -> bool {
+        matches!(self, Request::Lookup(_) | Request::Names)
     }
 
     /// Parses a request; `None` for anything the name server does not understand.
     pub fn from_term(t: &Term) -> Option<Request> {
         if t.is_atom("names") {
             return Some(Request::Names);
+        }
+        if t.is_atom("revision") {
+            return Some(Request::Revision);
         }
         let items = t.as_tuple()?;
         let (tag, rest) = items.split_first()?;
@@ -90,25 +127,63 @@ impl Request {
                 key: k.clone(),
                 value: v.clone(),
                 owner_bound: false,
+                if_revision: None,
             },
-            ("store", [k, v, opts]) if is_owner_channel(opts) => Request::Store {
-                key: k.clone(),
-                value: v.clone(),
-                owner_bound: true,
-            },
+            ("store", [k, v, opts]) => {
+                let opts = Options::parse(opts, true)?;
+                Request::Store {
+                    key: k.clone(),
+                    value: v.clone(),
+                    owner_bound: opts.owner_bound,
+                    if_revision: opts.if_revision,
+                }
+            }
             ("lookup", [k]) => Request::Lookup(k.clone()),
-            ("delete", [k]) => Request::Delete(k.clone()),
-            ("watch", [k]) => Request::Watch(k.clone()),
+            ("get", [k]) => Request::Get(k.clone()),
+            ("delete", [k]) => Request::Delete {
+                key: k.clone(),
+                if_revision: None,
+            },
+            ("delete", [k, opts]) => Request::Delete {
+                key: k.clone(),
+                if_revision: Options::parse(opts, false)?.if_revision,
+            },
+            ("watch", [k]) => Request::Watch {
+                key: k.clone(),
+                since: None,
+            },
+            ("watch", [k, since]) => Request::Watch {
+                key: k.clone(),
+                since: Some(revision::rev_of(since)?),
+            },
             ("unwatch", [k]) => Request::Unwatch(k.clone()),
             _ => return None,
         })
     }
 }
 
-/// `#{owner => channel}`, exactly.
-fn is_owner_channel(opts: &Term) -> bool {
-    opts.as_map()
-        .is_some_and(|m| m.len() == 1 && m[0].0.is_atom("owner") && m[0].1.is_atom("channel"))
+/// The options map of a store or delete.
+#[derive(Default)]
+struct Options {
+    owner_bound: bool,
+    if_revision: Option<u64>,
+}
+
+impl Options {
+    /// `#{owner => channel, if_revision => R}`, each key optional (`owner` only where
+    /// `owner` is allowed); `None` for any other key or value, so that a misspelt
+    /// condition is refused rather than ignored.
+    fn parse(opts: &Term, owner: bool) -> Option<Options> {
+        let mut out = Options::default();
+        for (k, v) in opts.as_map()? {
+            match k.as_atom()? {
+                "owner" if owner && v.is_atom("channel") => out.owner_bound = true,
+                "if_revision" => out.if_revision = Some(revision::rev_of(v)?),
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
 }
 
 /// The names of one `[[service]]` entry, shared by its connections (and by other
@@ -185,7 +260,23 @@ impl NameSpace {
     /// [`release`](NameSpace::release) it when the connection closes. Resolves once the
     /// store is as durable as the backend makes it.
     pub fn store(&self, key: Term, value: Term, owner: Option<Owner>) -> StoreFuture<()> {
-        self.store.store(key, value, owner)
+        Box::pin(
+            self.store
+                .store(key, value, owner, None)
+                .map(|r| r.map(drop)),
+        )
+    }
+
+    /// Stores `value` under `key` only if the key's last change was at revision
+    /// `if_revision` (0: the key is absent); otherwise [`Written::Conflict`] with its state.
+    pub fn store_if(
+        &self,
+        key: Term,
+        value: Term,
+        owner: Option<Owner>,
+        if_revision: u64,
+    ) -> StoreFuture<Written> {
+        self.store.store(key, value, owner, Some(if_revision))
     }
 
     /// The value under `key`.
@@ -193,9 +284,24 @@ impl NameSpace {
         self.store.lookup(key.clone())
     }
 
+    /// The value under `key` with its revisions.
+    pub fn get(&self, key: &Term) -> StoreFuture<KeyState> {
+        self.store.get(key.clone())
+    }
+
     /// Removes `key` (also fine when it is absent).
     pub fn delete(&self, key: &Term) -> StoreFuture<()> {
-        self.store.delete(key.clone())
+        Box::pin(self.store.delete(key.clone(), None).map(|r| r.map(drop)))
+    }
+
+    /// Removes `key` only if its last change was at revision `if_revision`.
+    pub fn delete_if(&self, key: &Term, if_revision: u64) -> StoreFuture<Written> {
+        self.store.delete(key.clone(), Some(if_revision))
+    }
+
+    /// The name space's current revision.
+    pub fn revision(&self) -> StoreFuture<u64> {
+        self.store.revision()
     }
 
     /// Every key, in Erlang term order.
@@ -208,16 +314,60 @@ impl NameSpace {
         self.store.release(owner, keys)
     }
 
-    /// `mm`'s connection watches `key` from now on; resolves once changes by anyone
-    /// (other servers included) will reach it.
+    /// `mm`'s connection watches `key` from now on, with pushes `{changed, K, Answer}`;
+    /// resolves once changes by anyone (other servers included) will reach it.
     pub fn watch(&self, key: Term, mm: &MiddleMan) -> StoreFuture<()> {
-        self.watchers.watch(key, mm);
+        self.watchers.watch(key, mm, WatchForm::Plain);
         self.store.ready_to_watch()
+    }
+
+    /// `mm`'s connection watches `key` from now on, with pushes `{changed, K, Answer,
+    /// ModRev}`, having seen its changes up to revision `since`. Resolves, once changes by
+    /// anyone will reach it, to the catch-up: the key's state, to push at once if it
+    /// changed after `since` (call [`CatchUp::deliver`] after answering the watch).
+    pub fn watch_since(&self, key: Term, mm: &MiddleMan, since: u64) -> StoreFuture<CatchUp> {
+        // Registered first: a change after this is pushed, one before it is in the state
+        // read below, and the watcher's own record of what it was pushed drops doubles.
+        self.watchers.watch(key.clone(), mm, WatchForm::Revisions);
+        let ready = self.store.ready_to_watch();
+        let store_get = self.store.get(key.clone());
+        let watchers = Arc::clone(&self.watchers);
+        let connection = mm.connection_id();
+        Box::pin(async move {
+            ready.await?;
+            let state = store_get.await?;
+            Ok(CatchUp {
+                push: state.changed_since(since).map(|rev| (state.value, rev)),
+                watchers,
+                key,
+                connection,
+            })
+        })
     }
 
     /// `connection` no longer watches `key`.
     pub fn unwatch(&self, key: &Term, connection: u64) {
         self.watchers.unwatch(key, connection);
+    }
+}
+
+/// What a `{watch, K, Since}` pushes at once: the key's state if it changed after `Since`.
+#[derive(Debug)]
+pub struct CatchUp {
+    watchers: Arc<Watchers>,
+    key: Term,
+    connection: u64,
+    push: Option<(Option<Term>, u64)>,
+}
+
+impl CatchUp {
+    /// Pushes the state (if there is one to push, and the watcher was not pushed it or a
+    /// later one already).
+    pub fn deliver(self) {
+        if let Some((value, rev)) = &self.push {
+            self.watchers
+                .offer(&self.key, self.connection, value.as_ref(), *rev);
+        }
     }
 }
 
@@ -266,39 +416,77 @@ struct ConnectionState {
     watched: HashSet<Term>,
 }
 
-const TRUE: fn(()) -> Term = |()| Term::atom("true");
+/// A request's answer: the reply, and for a `{watch, K, Since}` the state to push after it.
+struct Answer {
+    reply: Term,
+    catch_up: Option<CatchUp>,
+}
+
+impl From<Term> for Answer {
+    fn from(reply: Term) -> Answer {
+        Answer {
+            reply,
+            catch_up: None,
+        }
+    }
+}
+
+fn answer_with<T: 'static>(
+    pending: StoreFuture<T>,
+    reply: impl FnOnce(T) -> Term + Send + 'static,
+) -> StoreFuture<Answer> {
+    Box::pin(pending.map(|r| r.map(|v| Answer::from(reply(v)))))
+}
 
 impl ConnectionState {
     /// Hands `request` to the store and returns its answer, to await. The request's
     /// place among this connection's others is fixed by this call.
-    fn submit(&mut self, request: Request) -> StoreFuture<Term> {
+    fn submit(&mut self, request: Request) -> StoreFuture<Answer> {
+        let space = &self.space;
         match request {
             Request::Store {
                 key,
                 value,
                 owner_bound,
+                if_revision,
             } => {
                 let owner = owner_bound.then(|| self.middle_man.connection_id());
                 if owner_bound {
+                    // Kept even if the condition fails: releasing a key the connection
+                    // does not own removes nothing.
                     self.owned.insert(key.clone());
                 }
-                Box::pin(self.space.store(key, value, owner).map(|r| r.map(TRUE)))
+                answer_with(space.store.store(key, value, owner, if_revision), |w| {
+                    w.reply()
+                })
             }
-            Request::Lookup(key) => Box::pin(
-                self.space
-                    .lookup(&key)
-                    .map(|r| r.map(|v| store::answer(v.as_ref()))),
-            ),
-            Request::Delete(key) => Box::pin(self.space.delete(&key).map(|r| r.map(TRUE))),
-            Request::Names => Box::pin(self.space.names().map(|r| r.map(Term::list))),
-            Request::Watch(key) => {
+            Request::Lookup(key) => answer_with(space.lookup(&key), |v| store::answer(v.as_ref())),
+            Request::Get(key) => answer_with(space.get(&key), |s| s.get_reply()),
+            Request::Delete { key, if_revision } => {
+                answer_with(space.store.delete(key, if_revision), |w| w.reply())
+            }
+            Request::Names => answer_with(space.names(), Term::list),
+            Request::Revision => answer_with(space.revision(), revision::rev_term),
+            Request::Watch { key, since: None } => {
                 self.watched.insert(key.clone());
-                Box::pin(self.space.watch(key, &self.middle_man).map(|r| r.map(TRUE)))
+                answer_with(space.watch(key, &self.middle_man), |()| Term::atom("true"))
+            }
+            Request::Watch {
+                key,
+                since: Some(since),
+            } => {
+                self.watched.insert(key.clone());
+                Box::pin(space.watch_since(key, &self.middle_man, since).map(|r| {
+                    r.map(|c| Answer {
+                        reply: Term::atom("true"),
+                        catch_up: Some(c),
+                    })
+                }))
             }
             Request::Unwatch(key) => {
-                self.space.unwatch(&key, self.middle_man.connection_id());
+                space.unwatch(&key, self.middle_man.connection_id());
                 self.watched.remove(&key);
-                Box::pin(std::future::ready(Ok(Term::atom("true"))))
+                Box::pin(std::future::ready(Ok(Answer::from(Term::atom("true")))))
             }
         }
     }
@@ -319,10 +507,15 @@ impl Drop for ConnectionState {
     }
 }
 
-/// Answers `call` with the outcome of its request.
-fn answer_call(call: Call, outcome: Result<Term, StoreError>, mm: &MiddleMan) {
+/// Answers `call` with the outcome of its request (then pushes a watch's catch-up).
+fn answer_call(call: Call, outcome: Result<Answer, StoreError>, mm: &MiddleMan) {
     match outcome {
-        Ok(reply) => call.reply(reply),
+        Ok(answer) => {
+            call.reply(answer.reply);
+            if let Some(c) = answer.catch_up {
+                c.deliver();
+            }
+        }
         Err(StoreError::BadTerm(e)) => {
             tracing::info!(peer = %mm.peer(), error = %e, "name server refused a term");
             call.bad_request();
@@ -394,12 +587,12 @@ impl Service for NameServer {
                             tracing::info!(peer = %mm.peer(), user = session.identity().user().unwrap_or("-"), "name server refused a read-only user's change");
                         }
                         Some(request) => {
-                            let answers = matches!(request, Request::Lookup(_) | Request::Names);
+                            let answers = request.answers_sends();
                             let mut pending = state.submit(request);
                             if answers {
                                 match pending.await {
-                                    Ok(reply) => {
-                                        if mm.send(reply).await.is_err() {
+                                    Ok(answer) => {
+                                        if mm.send(answer.reply).await.is_err() {
                                             break;
                                         }
                                     }
@@ -407,13 +600,27 @@ impl Service for NameServer {
                                         tracing::warn!(peer = %mm.peer(), error = %e, "name server send failed")
                                     }
                                 }
-                            } else if (&mut pending).now_or_never().is_none() {
-                                let mm = mm.clone();
-                                tokio::spawn(async move {
-                                    if let Err(e) = pending.await {
-                                        tracing::warn!(peer = %mm.peer(), error = %e, "name server send failed");
+                            } else {
+                                let finish =
+                                    |outcome: Result<Answer, StoreError>, mm: &MiddleMan| {
+                                        match outcome {
+                                            Ok(answer) => {
+                                                if let Some(c) = answer.catch_up {
+                                                    c.deliver();
+                                                }
+                                            }
+                                            Err(e) => {
+                                                tracing::warn!(peer = %mm.peer(), error = %e, "name server send failed");
+                                            }
+                                        }
+                                    };
+                                match (&mut pending).now_or_never() {
+                                    Some(outcome) => finish(outcome, &mm),
+                                    None => {
+                                        let mm = mm.clone();
+                                        tokio::spawn(async move { finish(pending.await, &mm) });
                                     }
-                                });
+                                }
                             }
                         }
                         None => {
@@ -441,7 +648,8 @@ mod tests {
             Some(Request::Store {
                 key: term!(joe),
                 value: term!("writing a book"),
-                owner_bound: false
+                owner_bound: false,
+                if_revision: None,
             })
         );
         assert!(matches!(
@@ -452,6 +660,35 @@ mod tests {
             })
         ));
         assert_eq!(p("{store, k, v, #{owner => me}}"), None);
+        assert!(matches!(
+            p("{store, k, v, #{owner => channel, if_revision => 0}}"),
+            Some(Request::Store {
+                owner_bound: true,
+                if_revision: Some(0),
+                ..
+            })
+        ));
+        // A misspelt or bad condition is refused, never taken as unconditional.
+        assert_eq!(p("{store, k, v, #{if_rev => 3}}"), None);
+        assert_eq!(p("{store, k, v, #{if_revision => -1}}"), None);
+        assert_eq!(p("{delete, k, #{owner => channel}}"), None);
+        assert_eq!(
+            p("{delete, k, #{if_revision => 4}}"),
+            Some(Request::Delete {
+                key: term!(k),
+                if_revision: Some(4)
+            })
+        );
+        assert_eq!(
+            p("{watch, k, 7}"),
+            Some(Request::Watch {
+                key: term!(k),
+                since: Some(7)
+            })
+        );
+        assert_eq!(p("{watch, k, seven}"), None);
+        assert_eq!(p("revision"), Some(Request::Revision));
+        assert_eq!(p("{get, k}"), Some(Request::Get(term!(k))));
         assert_eq!(p("{lookup, jim}"), Some(Request::Lookup(term!(jim))));
         assert_eq!(p("names"), Some(Request::Names));
         assert_eq!(p("{lookup, a, b}"), None);

@@ -2,15 +2,23 @@
 //! answered, with group commit.
 //!
 //! # Layout
-//! Two tables, keys and values both canonical ETF bytes (`lib_chan_protocol::encode`),
-//! so two keys are the same key exactly when they are the same term:
+//! Keys are canonical ETF bytes (`lib_chan_protocol::encode`), so two keys are the same
+//! key exactly when they are the same term. A name's value is stored as one byte 1, the
+//! revision of its last change (8 bytes, big-endian), then the value's ETF bytes (a file
+//! written before revisions holds bare ETF values, which begin with 131: opening it numbers
+//! its names once, in key order).
 //! - `names`: the names stored plainly;
 //! - `owned`: the owner-bound names. Which connection owns each lives only in memory:
 //!   connections do not outlive the process, so when the store opens, `owned` is emptied
-//!   (its owners all closed when the previous process ended, however it ended).
+//!   (its owners all closed when the previous process ended, however it ended), each
+//!   removal a change with its revision;
+//! - `meta`: `revision` (the name space's) and `floor` (the highest forgotten deletion);
+//! - `tombstones` (key to deletion revision) and `tombstone_revs` (the same, by revision,
+//!   to forget the oldest first), at most [`MAX_TOMBSTONES`].
 //!
-//! A key is in at most one of the two tables. Keeping owner-bound names in the file too
-//! matters: an owner-bound store over a plain name must durably remove the plain one.
+//! A key is in at most one of `names` and `owned`. Keeping owner-bound names in the file
+//! too matters: an owner-bound store over a plain name must durably remove the plain one.
+//! Revisions are committed with the changes they number, so they survive a restart.
 //!
 //! # Durability and group commit
 //! One writer thread owns every write. Callers send it operations over a channel; it
@@ -31,16 +39,46 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
+use futures_util::FutureExt;
 use lib_chan_protocol::Term;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use tokio::sync::{oneshot, watch};
 
+use super::revision::{KeyState, Written, MAX_TOMBSTONES};
 use super::store::{NameStore, Owner, StoreError, StoreFuture, Watchers};
 
-/// Plain names: ETF key to ETF value.
+/// Plain names: ETF key to stored value ([`stored`]).
 const NAMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("names");
-/// Owner-bound names: ETF key to ETF value; emptied when the store opens.
+/// Owner-bound names: ETF key to stored value; emptied when the store opens.
 const OWNED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("owned");
+/// `revision` and `floor`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Dated deletions: ETF key to revision.
+const TOMBS: TableDefinition<&[u8], u64> = TableDefinition::new("tombstones");
+/// The same, by revision.
+const TOMB_REVS: TableDefinition<u64, &[u8]> = TableDefinition::new("tombstone_revs");
+
+/// A value as stored: byte 1, the revision (big-endian), the ETF bytes.
+fn stored(mod_rev: u64, etf: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + etf.len());
+    out.push(1);
+    out.extend_from_slice(&mod_rev.to_be_bytes());
+    out.extend_from_slice(etf);
+    out
+}
+
+/// The revision and ETF bytes of a stored value (revision 0 for a bare ETF value).
+fn unstored(bytes: &[u8]) -> (u64, &[u8]) {
+    match bytes {
+        [1, rest @ ..] if rest.len() >= 8 => {
+            let (rev, etf) = rest.split_at(8);
+            (u64::from_be_bytes(rev.try_into().unwrap_or_default()), etf)
+        }
+        _ => (0, bytes),
+    }
+}
 
 /// The most operations one commit carries: bounds a transaction's size and the delay
 /// of the first caller in a long burst.
@@ -63,9 +101,11 @@ enum Write {
         key: Encoded,
         value: Encoded,
         owner: Option<Owner>,
+        if_revision: Option<u64>,
     },
     Delete {
         key: Encoded,
+        if_revision: Option<u64>,
     },
     Release {
         owner: Owner,
@@ -76,7 +116,7 @@ enum Write {
 struct WriteOp {
     seq: u64,
     write: Write,
-    answer: oneshot::Sender<Result<(), StoreError>>,
+    answer: oneshot::Sender<Result<Written, StoreError>>,
 }
 
 /// The sending half of the writer's queue, with the last sequence number handed out:
@@ -136,19 +176,46 @@ impl FileStore {
             format!("store file {}: {what}: {e}", path.display())
         };
         let db = Database::create(path).map_err(|e| named("cannot open", &e))?;
-        // One committed transaction now proves the file writable and drops the previous
-        // run's owner-bound names before anyone can read them.
-        let startup = || -> Result<(), redb::Error> {
+        // One committed transaction now proves the file writable, drops the previous
+        // run's owner-bound names before anyone can read them, and numbers a file
+        // written before revisions.
+        let startup = || -> Result<u64, redb::Error> {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
-            txn.delete_table(OWNED)?;
-            txn.open_table(NAMES)?;
-            txn.open_table(OWNED)?;
+            let revision = {
+                let mut meta = txn.open_table(META)?;
+                let mut names = txn.open_table(NAMES)?;
+                let mut owned = txn.open_table(OWNED)?;
+                let mut tombs = Tombs::open(&txn)?;
+                let mut revision = meta.get("revision")?.map_or(0, |v| v.value());
+                let bare: Vec<(Vec<u8>, Vec<u8>)> = names
+                    .iter()?
+                    .filter_map(|e| e.ok())
+                    .filter(|(_, v)| v.value().first() != Some(&1))
+                    .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+                    .collect();
+                for (k, v) in bare {
+                    revision += 1;
+                    names.insert(k.as_slice(), stored(revision, &v).as_slice())?;
+                }
+                let left: Vec<Vec<u8>> = owned
+                    .iter()?
+                    .filter_map(|e| e.ok())
+                    .map(|(k, _)| k.value().to_vec())
+                    .collect();
+                for k in left {
+                    owned.remove(k.as_slice())?;
+                    revision += 1;
+                    tombs.insert(&mut meta, &k, revision)?;
+                }
+                meta.insert("revision", revision)?;
+                revision
+            };
             txn.commit()?;
-            Ok(())
+            Ok(revision)
         };
-        startup().map_err(|e| named("cannot write", &e))?;
+        let revision = startup().map_err(|e| named("cannot write", &e))?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let (done_tx, done) = watch::channel(0);
@@ -160,6 +227,7 @@ impl FileStore {
             done: done_tx,
             watchers,
             owners: HashMap::new(),
+            revision,
             commits: Arc::clone(&commits),
         };
         let writer = std::thread::Builder::new()
@@ -191,7 +259,7 @@ impl FileStore {
     }
 
     /// Queues a write; the future resolves once it is committed.
-    fn write(&self, write: Write) -> StoreFuture<()> {
+    fn write(&self, write: Write) -> StoreFuture<Written> {
         let (answer, rx) = oneshot::channel();
         {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -261,10 +329,100 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Term, StoreError> {
         .map_err(|e| unavailable(path, &format!("bad stored term: {e}")))
 }
 
+/// The tombstone tables of one transaction.
+struct Tombs<'t> {
+    by_key: redb::Table<'t, &'static [u8], u64>,
+    by_rev: redb::Table<'t, u64, &'static [u8]>,
+}
+
+impl<'t> Tombs<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Tombs<'t>, redb::Error> {
+        Ok(Tombs {
+            by_key: txn.open_table(TOMBS)?,
+            by_rev: txn.open_table(TOMB_REVS)?,
+        })
+    }
+
+    /// `key` deleted at `rev`; the oldest forgotten past [`MAX_TOMBSTONES`], raising the
+    /// floor in `meta`.
+    fn insert(
+        &mut self,
+        meta: &mut redb::Table<'_, &'static str, u64>,
+        key: &[u8],
+        rev: u64,
+    ) -> Result<(), redb::Error> {
+        if let Some(old) = self.by_key.insert(key, rev)?.map(|g| g.value()) {
+            self.by_rev.remove(old)?;
+        }
+        self.by_rev.insert(rev, key)?;
+        while self.by_rev.len()? > MAX_TOMBSTONES as u64 {
+            let Some((rev, key)) = self
+                .by_rev
+                .pop_first()?
+                .map(|(r, k)| (r.value(), k.value().to_vec()))
+            else {
+                break;
+            };
+            self.by_key.remove(key.as_slice())?;
+            let floor = meta.get("floor")?.map_or(0, |v| v.value());
+            meta.insert("floor", floor.max(rev))?;
+        }
+        Ok(())
+    }
+
+    /// `key` is present again.
+    fn remove(&mut self, key: &[u8]) -> Result<(), redb::Error> {
+        if let Some(old) = self.by_key.remove(key)?.map(|g| g.value()) {
+            self.by_rev.remove(old)?;
+        }
+        Ok(())
+    }
+}
+
+/// `key`'s state as the tables in `open` show it (a read or a write transaction).
+fn key_state<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    path: &Path,
+    tables: [&T; 2],
+    tombs: &impl ReadableTable<&'static [u8], u64>,
+    meta: &impl ReadableTable<&'static str, u64>,
+    key: &[u8],
+) -> Result<KeyState, StoreError> {
+    let e = |x: redb::StorageError| unavailable(path, &x);
+    let mut found = None;
+    for table in tables {
+        if let Some(v) = table.get(key).map_err(e)? {
+            let (rev, etf) = unstored(v.value());
+            found = Some((decode(path, etf)?, rev));
+            break;
+        }
+    }
+    let (value, mod_rev) = match found {
+        Some((v, rev)) => (Some(v), rev),
+        None => (None, tombs.get(key).map_err(e)?.map_or(0, |g| g.value())),
+    };
+    Ok(KeyState {
+        value,
+        mod_rev,
+        revision: meta.get("revision").map_err(e)?.map_or(0, |g| g.value()),
+        floor: meta.get("floor").map_err(e)?.map_or(0, |g| g.value()),
+    })
+}
+
 impl NameStore for FileStore {
-    fn store(&self, key: Term, value: Term, owner: Option<Owner>) -> StoreFuture<()> {
+    fn store(
+        &self,
+        key: Term,
+        value: Term,
+        owner: Option<Owner>,
+        if_revision: Option<u64>,
+    ) -> StoreFuture<Written> {
         match (encode(key), encode(value)) {
-            (Ok(key), Ok(value)) => self.write(Write::Store { key, value, owner }),
+            (Ok(key), Ok(value)) => self.write(Write::Store {
+                key,
+                value,
+                owner,
+                if_revision,
+            }),
             (Err(e), _) | (_, Err(e)) => failed(e),
         }
     }
@@ -280,18 +438,46 @@ impl NameStore for FileStore {
             for table in [OWNED, NAMES] {
                 let table = txn.open_table(table).map_err(|x| e(&x))?;
                 if let Some(v) = table.get(key.as_slice()).map_err(|x| e(&x))? {
-                    return decode(&path, v.value()).map(Some);
+                    return decode(&path, unstored(v.value()).1).map(Some);
                 }
             }
             Ok(None)
         })
     }
 
-    fn delete(&self, key: Term) -> StoreFuture<()> {
+    fn get(&self, key: Term) -> StoreFuture<KeyState> {
+        let key = match encode(key) {
+            Ok(k) => k.bytes,
+            Err(e) => return failed(e),
+        };
+        let path = self.path.clone();
+        self.read(move |txn| {
+            let e = |e: &dyn fmt::Display| unavailable(&path, e);
+            let owned = txn.open_table(OWNED).map_err(|x| e(&x))?;
+            let names = txn.open_table(NAMES).map_err(|x| e(&x))?;
+            let tombs = txn.open_table(TOMBS).map_err(|x| e(&x))?;
+            let meta = txn.open_table(META).map_err(|x| e(&x))?;
+            key_state(&path, [&owned, &names], &tombs, &meta, &key)
+        })
+    }
+
+    fn delete(&self, key: Term, if_revision: Option<u64>) -> StoreFuture<Written> {
         match encode(key) {
-            Ok(key) => self.write(Write::Delete { key }),
+            Ok(key) => self.write(Write::Delete { key, if_revision }),
             Err(e) => failed(e),
         }
+    }
+
+    fn revision(&self) -> StoreFuture<u64> {
+        let path = self.path.clone();
+        self.read(move |txn| {
+            let e = |e: &dyn fmt::Display| unavailable(&path, e);
+            let meta = txn.open_table(META).map_err(|x| e(&x))?;
+            Ok(meta
+                .get("revision")
+                .map_err(|x| e(&x))?
+                .map_or(0, |g| g.value()))
+        })
     }
 
     fn names(&self) -> StoreFuture<Vec<Term>> {
@@ -314,7 +500,10 @@ impl NameStore for FileStore {
     fn release(&self, owner: Owner, keys: Vec<Term>) -> StoreFuture<()> {
         // Keys here were stored, hence encodable; one that is not was never owned.
         let keys = keys.into_iter().filter_map(|k| encode(k).ok()).collect();
-        self.write(Write::Release { owner, keys })
+        Box::pin(
+            self.write(Write::Release { owner, keys })
+                .map(|r| r.map(drop)),
+        )
     }
 }
 
@@ -327,6 +516,8 @@ struct Writer {
     watchers: Arc<Watchers>,
     /// For each owner-bound key (ETF bytes), the connection it belongs to.
     owners: HashMap<Vec<u8>, Owner>,
+    /// The name space's revision, as last committed.
+    revision: u64,
     commits: Arc<AtomicU64>,
 }
 
@@ -336,8 +527,12 @@ struct Applied {
     /// Owner changes to make to [`Writer::owners`] (`None`: no longer owner-bound), in
     /// order; applied only if the commit succeeds.
     owners: Vec<(Vec<u8>, Option<Owner>)>,
-    /// Changes to tell the watchers, in the order made.
-    changes: Vec<(Term, Option<Term>)>,
+    /// Changes to tell the watchers, in the order made, with their revisions.
+    changes: Vec<(Term, Option<Term>, u64)>,
+    /// Each operation's outcome, in the batch's order.
+    results: Vec<Written>,
+    /// The revision after the batch.
+    revision: u64,
 }
 
 impl Writer {
@@ -353,7 +548,7 @@ impl Writer {
             }
             let last = batch.last().map_or(0, |op| op.seq);
             let result = self.commit(&batch);
-            let outcome = match result {
+            let outcomes: Vec<Result<Written, StoreError>> = match result {
                 Ok(applied) => {
                     for (key, owner) in applied.owners {
                         match owner {
@@ -361,20 +556,22 @@ impl Writer {
                             None => self.owners.remove(&key),
                         };
                     }
-                    for (key, value) in &applied.changes {
-                        self.watchers.notify(key, value.as_ref());
+                    self.revision = applied.revision;
+                    for (key, value, rev) in &applied.changes {
+                        self.watchers.notify(key, value.as_ref(), *rev);
                     }
-                    Ok(())
+                    applied.results.into_iter().map(Ok).collect()
                 }
                 Err(e) => {
                     tracing::error!(file = %self.path.display(), error = %e, ops = batch.len(), "name store commit failed");
-                    Err(unavailable(&self.path, &e))
+                    let e = unavailable(&self.path, &e);
+                    vec![Err(e); batch.len()]
                 }
             };
             // Reads waiting for these writes may go; then the callers get their answers.
             self.done.send_replace(last);
-            for op in batch {
-                let _ = op.answer.send(outcome.clone());
+            for (op, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = op.answer.send(outcome);
             }
         }
     }
@@ -384,41 +581,85 @@ impl Writer {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
-        let mut applied = Applied::default();
+        let mut applied = Applied {
+            revision: self.revision,
+            ..Applied::default()
+        };
         {
             let mut names = txn.open_table(NAMES)?;
             let mut owned = txn.open_table(OWNED)?;
+            let mut meta = txn.open_table(META)?;
+            let mut tombs = Tombs::open(&txn)?;
             // Owners as this batch leaves them so far: later operations in the batch see
             // the earlier ones.
             let mut staged: HashMap<Vec<u8>, Option<Owner>> = HashMap::new();
             for op in batch {
+                let mut result = Written::Done;
                 match &op.write {
-                    Write::Store { key, value, owner } => {
+                    Write::Store {
+                        key,
+                        value,
+                        owner,
+                        if_revision,
+                    } => {
                         let k = key.bytes.as_slice();
+                        if let Some(cond) = if_revision {
+                            let state =
+                                key_state(&self.path, [&owned, &names], &tombs.by_key, &meta, k)
+                                    .map_err(|e| {
+                                        redb::Error::Io(std::io::Error::other(e.to_string()))
+                                    })?;
+                            if !state.admits(*cond) {
+                                applied.results.push(Written::Conflict(state));
+                                continue;
+                            }
+                        }
+                        applied.revision += 1;
+                        let v = stored(applied.revision, &value.bytes);
                         match owner {
                             Some(_) => {
                                 names.remove(k)?;
-                                owned.insert(k, value.bytes.as_slice())?;
+                                owned.insert(k, v.as_slice())?;
                             }
                             None => {
                                 owned.remove(k)?;
-                                names.insert(k, value.bytes.as_slice())?;
+                                names.insert(k, v.as_slice())?;
                             }
                         }
+                        tombs.remove(k)?;
+                        meta.insert("revision", applied.revision)?;
                         staged.insert(key.bytes.clone(), *owner);
                         applied.owners.push((key.bytes.clone(), *owner));
-                        applied
-                            .changes
-                            .push((key.term.clone(), Some(value.term.clone())));
+                        applied.changes.push((
+                            key.term.clone(),
+                            Some(value.term.clone()),
+                            applied.revision,
+                        ));
                     }
-                    Write::Delete { key } => {
+                    Write::Delete { key, if_revision } => {
                         let k = key.bytes.as_slice();
+                        if let Some(cond) = if_revision {
+                            let state =
+                                key_state(&self.path, [&owned, &names], &tombs.by_key, &meta, k)
+                                    .map_err(|e| {
+                                        redb::Error::Io(std::io::Error::other(e.to_string()))
+                                    })?;
+                            if !state.admits(*cond) {
+                                applied.results.push(Written::Conflict(state));
+                                continue;
+                            }
+                        }
                         let was_plain = names.remove(k)?.is_some();
                         let was_owned = owned.remove(k)?.is_some();
                         staged.insert(key.bytes.clone(), None);
                         applied.owners.push((key.bytes.clone(), None));
                         if was_plain || was_owned {
-                            applied.changes.push((key.term.clone(), None));
+                            applied.revision += 1;
+                            tombs.insert(&mut meta, k, applied.revision)?;
+                            meta.insert("revision", applied.revision)?;
+                            applied
+                                .changes
+                                .push((key.term.clone(), None, applied.revision));
                         }
                     }
                     Write::Release { owner, keys } => {
@@ -430,13 +671,20 @@ impl Writer {
                             if current == Some(*owner)
                                 && owned.remove(key.bytes.as_slice())?.is_some()
                             {
+                                applied.revision += 1;
+                                tombs.insert(&mut meta, &key.bytes, applied.revision)?;
+                                meta.insert("revision", applied.revision)?;
                                 staged.insert(key.bytes.clone(), None);
                                 applied.owners.push((key.bytes.clone(), None));
-                                applied.changes.push((key.term.clone(), None));
+                                applied
+                                    .changes
+                                    .push((key.term.clone(), None, applied.revision));
                             }
                         }
+                        result = Written::Done;
                     }
                 }
+                applied.results.push(result);
             }
         }
         txn.commit()?;
@@ -465,20 +713,26 @@ mod tests {
         rt().block_on(async {
             let store = FileStore::open(&path, Arc::default()).unwrap();
             store
-                .store(term!(joe), term!("writing a book"), None)
-                .await
-                .unwrap();
-            store.store(Term::Int(1), term!(int), None).await.unwrap();
-            store
-                .store(Term::Float(1.0), term!(float), None)
+                .store(term!(joe), term!("writing a book"), None, None)
                 .await
                 .unwrap();
             store
-                .store(term!(session), term!(alive), Some(7))
+                .store(Term::Int(1), term!(int), None, None)
+                .await
+                .unwrap();
+            store
+                .store(Term::Float(1.0), term!(float), None, None)
+                .await
+                .unwrap();
+            store
+                .store(term!(session), term!(alive), Some(7), None)
                 .await
                 .unwrap();
             // An owner-bound store over a plain name replaces it, durably.
-            store.store(term!(joe), term!(mine), Some(7)).await.unwrap();
+            store
+                .store(term!(joe), term!(mine), Some(7), None)
+                .await
+                .unwrap();
             assert_eq!(store.lookup(term!(joe)).await.unwrap(), Some(term!(mine)));
             assert_eq!(
                 Term::list(store.names().await.unwrap()).to_string(),
@@ -502,14 +756,75 @@ mod tests {
     }
 
     #[test]
+    fn owner_bound_names_dropped_at_open_are_dated_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("names.redb");
+        rt().block_on(async {
+            let store = FileStore::open(&path, Arc::default()).unwrap();
+            store.store(term!(a), term!(1), None, None).await.unwrap();
+            store
+                .store(term!(o), term!(2), Some(7), None)
+                .await
+                .unwrap();
+            assert_eq!(store.revision().await.unwrap(), 2);
+        });
+        rt().block_on(async {
+            let store = FileStore::open(&path, Arc::default()).unwrap();
+            assert_eq!(store.revision().await.unwrap(), 3);
+            let o = store.get(term!(o)).await.unwrap();
+            assert_eq!((o.value, o.mod_rev, o.revision), (None, 3, 3));
+            assert_eq!(o.floor, 0);
+            let a = store.get(term!(a)).await.unwrap();
+            assert_eq!((a.value, a.mod_rev), (Some(term!(1)), 1));
+        });
+    }
+
+    #[test]
+    fn a_file_from_before_revisions_is_numbered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        {
+            // The layout of the previous version: bare ETF values, no meta table.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut names = txn.open_table(NAMES).unwrap();
+                for (k, v) in [(term!(x), term!(1)), (term!(y), term!(2))] {
+                    let (k, v) = (
+                        lib_chan_protocol::encode(&k).unwrap(),
+                        lib_chan_protocol::encode(&v).unwrap(),
+                    );
+                    names.insert(k.as_slice(), v.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            rt().block_on(async {
+                let store = FileStore::open(&path, Arc::default()).unwrap();
+                assert_eq!(store.revision().await.unwrap(), 2);
+                assert_eq!(store.lookup(term!(y)).await.unwrap(), Some(term!(2)));
+                let x = store.get(term!(x)).await.unwrap();
+                assert_eq!((x.value, x.mod_rev), (Some(term!(1)), 1));
+            });
+        }
+    }
+
+    #[test]
     fn release_removes_only_what_the_owner_still_owns() {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
             let store = FileStore::open(&dir.path().join("n.redb"), Arc::default()).unwrap();
-            store.store(term!(a), term!(1), Some(1)).await.unwrap();
-            store.store(term!(b), term!(1), Some(1)).await.unwrap();
+            store
+                .store(term!(a), term!(1), Some(1), None)
+                .await
+                .unwrap();
+            store
+                .store(term!(b), term!(1), Some(1), None)
+                .await
+                .unwrap();
             // b is taken over by connection 2, plainly.
-            store.store(term!(b), term!(2), None).await.unwrap();
+            store.store(term!(b), term!(2), None, None).await.unwrap();
             // Not awaited: the release still comes after the stores, and the lookups
             // after it see its effect.
             drop(store.release(1, vec![term!(a), term!(b)]));
@@ -526,7 +841,7 @@ mod tests {
                 Arc::new(FileStore::open(&dir.path().join("n.redb"), Arc::default()).unwrap());
             let before = store.commits();
             let pending: Vec<_> = (0..500)
-                .map(|i| store.store(Term::Int(i), Term::Int(i * 2), None))
+                .map(|i| store.store(Term::Int(i), Term::Int(i * 2), None, None))
                 .collect();
             for p in pending {
                 p.await.unwrap();
@@ -549,7 +864,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
             let store = FileStore::open(&dir.path().join("n.redb"), Arc::default()).unwrap();
-            let e = store.store(term!(k), Term::Float(f64::NAN), None).await;
+            let e = store
+                .store(term!(k), Term::Float(f64::NAN), None, None)
+                .await;
             assert!(matches!(e, Err(StoreError::BadTerm(_))), "{e:?}");
             assert_eq!(store.lookup(term!(k)).await.unwrap(), None);
         });

@@ -4,15 +4,22 @@
 //! # Key layout
 //! - each name is a hash at `lib_chan:name:SERVICE:` followed by the key's canonical ETF
 //!   bytes (which begin with byte 131, so no other service's prefix can match: `:` is
-//!   never followed by byte 131 in UTF-8 text). Field `v` holds the value's ETF bytes;
-//!   field `o`, only for an owner-bound name, holds its owner, `INSTANCE:CONNECTION`,
-//!   and the hash then has a TTL ([`OWNER_TTL`]) that its server keeps refreshing;
+//!   never followed by byte 131 in UTF-8 text). Field `v` holds the value's ETF bytes,
+//!   field `r` the revision of its last change; field `o`, only for an owner-bound name,
+//!   holds its owner, `INSTANCE:CONNECTION`, and the hash then has a TTL ([`OWNER_TTL`])
+//!   that its server keeps refreshing;
+//! - `lib_chan:meta:SERVICE` is a hash: `revision` (the name space's, raised by every
+//!   change's script) and `floor` (the highest forgotten deletion);
+//! - `lib_chan:tombs:SERVICE` is a sorted set of dated deletions: member the key's ETF
+//!   bytes, score its deletion revision; at most [`MAX_TOMBSTONES`], the lowest popped
+//!   first (raising `floor`);
 //! - `names` is `SCAN MATCH lib_chan:name:SERVICE:\x83*`, the keys decoded and sorted in
 //!   Erlang term order.
 //!
 //! # Changes, and pub/sub
-//! Every change runs as one Lua script that makes it and `PUBLISH`es `{changed, Key,
-//! Answer}` (as ETF) on `lib_chan:changes:DB:SERVICE`, atomically: Redis runs scripts one
+//! Every change runs as one Lua script that checks its condition, raises the revision,
+//! makes it and `PUBLISH`es `REV:` followed by `{changed, Key, Answer}` (as ETF) on
+//! `lib_chan:changes:DB:SERVICE`, atomically: Redis runs scripts one
 //! at a time, so the messages come in the order the changes were made. Each server
 //! subscribes to that channel and pushes every message to its local watchers, its own
 //! changes included: it never notifies them directly as well (no double notification),
@@ -34,9 +41,9 @@
 //! server itself dies (kill -9, a crash, a lost machine), nobody runs that: its
 //! owner-bound names then expire within [`OWNER_TTL`], because only a live server
 //! refreshes the TTL of its own (every [`OWNER_REFRESH`]). Redis sends no message for an
-//! expiry, so watchers are not told of that removal (a documented limitation); lookups
-//! and `names` stop showing the name. A server stalled longer than the TTL loses its
-//! owner-bound names the same way.
+//! expiry, so watchers are not told of that removal, and it raises no revision (a
+//! documented limitation); lookups and `names` stop showing the name. A server stalled
+//! longer than the TTL loses its owner-bound names the same way.
 //!
 //! # When Redis is away
 //! Operations fail with [`StoreError::Unavailable`] (the call gets an error) and the next
@@ -55,7 +62,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::store::{change, redact, NameStore, Owner, StoreError, StoreFuture, Watchers};
+use super::revision::{KeyState, Written, MAX_TOMBSTONES};
+use super::store::{change, redact, value_of, NameStore, Owner, StoreError, StoreFuture, Watchers};
 
 /// How long an owner-bound name outlives the last refresh by its server.
 pub const OWNER_TTL: Duration = Duration::from_secs(10);
@@ -66,36 +74,87 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most operations one pipeline carries.
 const MAX_PIPELINE: usize = 1024;
 
-/// Stores a name. KEYS[1]: the name; ARGV: value, owner ('' if none), TTL in ms,
-/// channel, message.
+/// The helpers every change script starts with. KEYS: the name, the meta hash, the
+/// tombstone set; ARGV[1]: the key's ETF bytes (the tombstone member).
+const PRELUDE: &str = r"
+local function state()
+  local h = redis.call('HMGET', KEYS[1], 'v', 'r')
+  if h[1] then return true, h[1], tonumber(h[2]) or 0 end
+  return false, nil, tonumber(redis.call('ZSCORE', KEYS[3], ARGV[1])) or 0
+end
+local function check(cond)
+  if cond == '' then return nil end
+  local want = tonumber(cond)
+  local present, v, modrev = state()
+  if present then
+    if modrev ~= 0 and modrev == want then return nil end
+    return {0, modrev, v}
+  end
+  if want == 0 or (modrev ~= 0 and modrev == want) then return nil end
+  return {0, modrev}
+end
+local function bury(rev, max)
+  redis.call('ZADD', KEYS[3], rev, ARGV[1])
+  if redis.call('ZCARD', KEYS[3]) > tonumber(max) then
+    local old = redis.call('ZPOPMIN', KEYS[3])
+    local floor = tonumber(redis.call('HGET', KEYS[2], 'floor')) or 0
+    if tonumber(old[2]) > floor then redis.call('HSET', KEYS[2], 'floor', old[2]) end
+  end
+end
+";
+
+/// Stores a name. ARGV: key, value, owner ('' if none), TTL in ms, channel, message,
+/// condition ('' if none). Returns `{1, Rev}`, or the conflict `{0, ModRev[, Value]}`.
 const STORE: &str = r"
+local conflict = check(ARGV[7])
+if conflict then return conflict end
+local rev = redis.call('HINCRBY', KEYS[2], 'revision', 1)
 redis.call('DEL', KEYS[1])
-if ARGV[2] == '' then
-  redis.call('HSET', KEYS[1], 'v', ARGV[1])
+if ARGV[3] == '' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'r', rev)
 else
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'o', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'r', rev, 'o', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('PUBLISH', ARGV[5], rev .. ':' .. ARGV[6])
+return {1, rev}
 ";
 
-/// Deletes a name, announcing it only if it was there. ARGV: channel, message.
+/// Deletes a name, a change (announced) only if it was there. ARGV: key, channel,
+/// message, condition, tombstone bound. Returns `{1}` or a conflict.
 const DELETE: &str = r"
+local conflict = check(ARGV[4])
+if conflict then return conflict end
 if redis.call('DEL', KEYS[1]) == 1 then
-  redis.call('PUBLISH', ARGV[1], ARGV[2])
+  local rev = redis.call('HINCRBY', KEYS[2], 'revision', 1)
+  bury(rev, ARGV[5])
+  redis.call('PUBLISH', ARGV[2], rev .. ':' .. ARGV[3])
 end
-return 1
+return {1}
 ";
 
-/// Deletes a name only if ARGV[1] still owns it. ARGV: owner, channel, message.
+/// Deletes a name only if ARGV[2] still owns it. ARGV: key, owner, channel, message,
+/// tombstone bound.
 const RELEASE: &str = r"
-if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then
+if redis.call('HGET', KEYS[1], 'o') == ARGV[2] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  local rev = redis.call('HINCRBY', KEYS[2], 'revision', 1)
+  bury(rev, ARGV[5])
+  redis.call('PUBLISH', ARGV[3], rev .. ':' .. ARGV[4])
   return 1
 end
 return 0
+";
+
+/// A key's state: `{1, ModRev, Revision, Floor, Value}` or `{0, ModRev, Revision, Floor}`.
+/// ARGV: key.
+const GET: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'v', 'r')
+local meta = redis.call('HMGET', KEYS[2], 'revision', 'floor')
+local rev, floor = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
+if h[1] then return {1, tonumber(h[2]) or 0, rev, floor, h[1]} end
+return {0, tonumber(redis.call('ZSCORE', KEYS[3], ARGV[1])) or 0, rev, floor}
 ";
 
 /// Extends an owner-bound name's TTL if ARGV[1] still owns it. ARGV: owner, TTL in ms.
@@ -126,6 +185,10 @@ pub struct RedisStore {
     shown: String,
     /// `lib_chan:name:SERVICE:`.
     prefix: Vec<u8>,
+    /// `lib_chan:meta:SERVICE`.
+    meta: String,
+    /// `lib_chan:tombs:SERVICE`.
+    tombs: String,
     /// `lib_chan:changes:DB:SERVICE`.
     channel: String,
     /// This store's instance id: owner-bound names are `INSTANCE:CONNECTION`.
@@ -236,6 +299,8 @@ impl RedisStore {
         runtime.spawn(refresh(ops.clone(), Arc::clone(&owned), stopped));
         Ok(RedisStore {
             shown,
+            meta: format!("lib_chan:meta:{service}"),
+            tombs: format!("lib_chan:tombs:{service}"),
             prefix,
             channel,
             instance: instance_id(),
@@ -268,9 +333,21 @@ impl RedisStore {
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err(gone())).and_then(then) })
     }
 
-    fn script(&self, script: &str, key: Vec<u8>) -> redis::Cmd {
+    /// `EVAL` of a change script (after [`PRELUDE`]) or a read script on the name at
+    /// `key` (ETF bytes): KEYS are the name, the meta hash and the tombstone set, ARGV[1]
+    /// is `key`.
+    fn script(&self, script: &str, key: &[u8]) -> redis::Cmd {
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(script).arg(1).arg(key);
+        if script == GET {
+            cmd.arg(script);
+        } else {
+            cmd.arg([PRELUDE, script].concat());
+        }
+        cmd.arg(3)
+            .arg(self.redis_key(key))
+            .arg(&self.meta)
+            .arg(&self.tombs)
+            .arg(key);
         cmd
     }
 }
@@ -279,8 +356,62 @@ fn gone() -> StoreError {
     StoreError::Unavailable("the Redis dispatcher has stopped".into())
 }
 
+/// A number in a script's reply.
+fn int(v: &Value) -> Result<u64, StoreError> {
+    match v {
+        Value::Int(i) => Ok(u64::try_from(*i).unwrap_or(0)),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(v: &Value) -> StoreError {
+    StoreError::Unavailable(format!("unexpected Redis reply {v:?}"))
+}
+
+fn decode_value(v: &Value) -> Result<Term, StoreError> {
+    match v {
+        Value::BulkString(bytes) => lib_chan_protocol::decode(bytes)
+            .map_err(|e| StoreError::Unavailable(format!("bad term in Redis: {e}"))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A change script's reply: `{1, ...}` done, `{0, ModRev[, Value]}` a conflict. The
+/// conflict's revision and floor are not needed (only `Answer` and `ModRev` are shown).
+fn written(reply: Value) -> Result<Written, StoreError> {
+    let Value::Array(items) = &reply else {
+        return Err(unexpected(&reply));
+    };
+    match items.as_slice() {
+        [ok, ..] if int(ok)? == 1 => Ok(Written::Done),
+        [_, mod_rev] => Ok(Written::Conflict(KeyState {
+            value: None,
+            mod_rev: int(mod_rev)?,
+            revision: 0,
+            floor: 0,
+        })),
+        [_, mod_rev, value] => Ok(Written::Conflict(KeyState {
+            value: Some(decode_value(value)?),
+            mod_rev: int(mod_rev)?,
+            revision: 0,
+            floor: 0,
+        })),
+        _ => Err(unexpected(&reply)),
+    }
+}
+
+fn cond_arg(if_revision: Option<u64>) -> String {
+    if_revision.map(|r| r.to_string()).unwrap_or_default()
+}
+
 impl NameStore for RedisStore {
-    fn store(&self, key: Term, value: Term, owner: Option<Owner>) -> StoreFuture<()> {
+    fn store(
+        &self,
+        key: Term,
+        value: Term,
+        owner: Option<Owner>,
+        if_revision: Option<u64>,
+    ) -> StoreFuture<Written> {
         let (k, v, msg) = match (
             encode(&key),
             encode(&value),
@@ -292,21 +423,24 @@ impl NameStore for RedisStore {
         let rkey = self.redis_key(&k);
         let tag = owner.map(|o| self.owner_tag(o)).unwrap_or_default();
         if owner.is_some() {
+            // Refreshed from now on; a conditional store that loses is found not ours
+            // by the next refresh and forgotten.
             let generation = self
                 .generation
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.owned
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(rkey.clone(), (tag.clone(), generation));
+                .insert(rkey, (tag.clone(), generation));
         }
-        let mut cmd = self.script(STORE, rkey);
+        let mut cmd = self.script(STORE, &k);
         cmd.arg(v)
             .arg(tag)
             .arg(OWNER_TTL.as_millis() as u64)
             .arg(&self.channel)
-            .arg(msg);
-        self.call(cmd, |_| Ok(()))
+            .arg(msg)
+            .arg(cond_arg(if_revision));
+        self.call(cmd, written)
     }
 
     fn lookup(&self, key: Term) -> StoreFuture<Option<Term>> {
@@ -318,23 +452,59 @@ impl NameStore for RedisStore {
         cmd.arg(self.redis_key(&k)).arg("v");
         self.call(cmd, |reply| match reply {
             Value::Nil => Ok(None),
-            Value::BulkString(bytes) => lib_chan_protocol::decode(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Unavailable(format!("bad term in Redis: {e}"))),
-            other => Err(StoreError::Unavailable(format!(
-                "unexpected Redis reply {other:?}"
-            ))),
+            other => decode_value(&other).map(Some),
         })
     }
 
-    fn delete(&self, key: Term) -> StoreFuture<()> {
+    fn get(&self, key: Term) -> StoreFuture<KeyState> {
+        let k = match encode(&key) {
+            Ok(k) => k,
+            Err(e) => return failed(e),
+        };
+        self.call(self.script(GET, &k), |reply| {
+            let Value::Array(items) = &reply else {
+                return Err(unexpected(&reply));
+            };
+            let (value, rest) = match items.as_slice() {
+                [present, rest @ .., value] if int(present)? == 1 && rest.len() == 3 => {
+                    (Some(decode_value(value)?), rest)
+                }
+                [_, rest @ ..] if rest.len() == 3 => (None, rest),
+                _ => return Err(unexpected(&reply)),
+            };
+            Ok(KeyState {
+                value,
+                mod_rev: int(&rest[0])?,
+                revision: int(&rest[1])?,
+                floor: int(&rest[2])?,
+            })
+        })
+    }
+
+    fn delete(&self, key: Term, if_revision: Option<u64>) -> StoreFuture<Written> {
         let (k, msg) = match (encode(&key), encode(&change(&key, None))) {
             (Ok(k), Ok(m)) => (k, m),
             (Err(e), _) | (_, Err(e)) => return failed(e),
         };
-        let mut cmd = self.script(DELETE, self.redis_key(&k));
-        cmd.arg(&self.channel).arg(msg);
-        self.call(cmd, |_| Ok(()))
+        let mut cmd = self.script(DELETE, &k);
+        cmd.arg(&self.channel)
+            .arg(msg)
+            .arg(cond_arg(if_revision))
+            .arg(MAX_TOMBSTONES);
+        self.call(cmd, written)
+    }
+
+    fn revision(&self) -> StoreFuture<u64> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(&self.meta).arg("revision");
+        self.call(cmd, |reply| match reply {
+            Value::Nil => Ok(0),
+            Value::BulkString(b) => std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| StoreError::Unavailable("bad revision in Redis".into())),
+            other => Err(unexpected(&other)),
+        })
     }
 
     fn names(&self) -> StoreFuture<Vec<Term>> {
@@ -359,8 +529,11 @@ impl NameStore for RedisStore {
                     owned.remove(&rkey);
                 }
             }
-            let mut cmd = self.script(RELEASE, rkey);
-            cmd.arg(&tag).arg(&self.channel).arg(msg);
+            let mut cmd = self.script(RELEASE, &k);
+            cmd.arg(&tag)
+                .arg(&self.channel)
+                .arg(msg)
+                .arg(MAX_TOMBSTONES);
             pending.push(self.call(cmd, |_| Ok(())));
         }
         let shown = self.shown.clone();
@@ -608,20 +781,25 @@ async fn subscribe(
     }
 }
 
-/// One published change, `{changed, Key, Answer}` as ETF, to the watchers of Key.
+/// One published change, `REV:` then `{changed, Key, Answer}` as ETF, to the watchers
+/// of Key.
 fn deliver(watchers: &Watchers, payload: &[u8], shown: &str) {
-    let change = match lib_chan_protocol::decode(payload) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(store = %shown, error = %e, "ignoring a change message that is not ETF");
-            return;
-        }
+    let parsed = payload.iter().position(|&b| b == b':').and_then(|at| {
+        let rev = std::str::from_utf8(&payload[..at])
+            .ok()?
+            .parse::<u64>()
+            .ok()?;
+        Some((rev, lib_chan_protocol::decode(&payload[at + 1..]).ok()?))
+    });
+    let Some((rev, change)) = parsed else {
+        tracing::warn!(store = %shown, "ignoring a change message without a revision (a server of an older version?)");
+        return;
     };
     match change.as_tuple() {
-        Some([tag, key, _]) if tag.is_atom("changed") => {
-            let key = key.clone();
-            watchers.push(&key, change);
-        }
+        Some([tag, key, answer]) if tag.is_atom("changed") => match value_of(answer) {
+            Ok(value) => watchers.notify(key, value.as_ref(), rev),
+            Err(()) => tracing::warn!(store = %shown, "ignoring a malformed change message"),
+        },
         _ => tracing::warn!(store = %shown, "ignoring a malformed change message"),
     }
 }

@@ -20,8 +20,9 @@
 //! from one connection share a commit) without reordering them.
 //!
 //! # Changes
-//! Each store reports every change it makes to its [`Watchers`], in the order the changes
-//! took effect, so that a watcher's last `{changed, Key, Answer}` is the key's state.
+//! Each store reports every change it makes to its [`Watchers`], with its revision, in the
+//! order the changes took effect, so that a watcher's last `{changed, Key, Answer}` is the
+//! key's state.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,6 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lib_chan_protocol::Term;
 use lib_chan_server::MiddleMan;
+
+use super::revision::{rev_term, KeyState, Tombstones, Written};
 
 /// The outcome of a store operation, to await (see the module docs for when the
 /// operation takes effect).
@@ -126,18 +129,31 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 /// Where a name space's names are kept. One value per `[[service]]` entry, shared by its
-/// connections; see the module docs for the ordering contract every method keeps.
+/// connections; see the module docs for the ordering contract every method keeps, and
+/// [`revision`](super::revision) for the revisions every store keeps.
 pub trait NameStore: Send + Sync + fmt::Debug + 'static {
     /// Stores `value` under `key`, replacing any value; `owner` binds the name to that
-    /// connection (see [`NameStore::release`]). Answered once the store is as durable as
-    /// the backend makes it.
-    fn store(&self, key: Term, value: Term, owner: Option<Owner>) -> StoreFuture<()>;
+    /// connection (see [`NameStore::release`]); `if_revision` makes it conditional
+    /// (PROTOCOL.md 7.1). Answered once the store is as durable as the backend makes it.
+    fn store(
+        &self,
+        key: Term,
+        value: Term,
+        owner: Option<Owner>,
+        if_revision: Option<u64>,
+    ) -> StoreFuture<Written>;
 
     /// The value under `key`, seeing every operation called before this one.
     fn lookup(&self, key: Term) -> StoreFuture<Option<Term>>;
 
-    /// Removes `key`; succeeds also when it was absent.
-    fn delete(&self, key: Term) -> StoreFuture<()>;
+    /// `key`'s value and revisions, seeing every operation called before this one.
+    fn get(&self, key: Term) -> StoreFuture<KeyState>;
+
+    /// Removes `key` (nothing to do when it is absent); `if_revision` as for a store.
+    fn delete(&self, key: Term, if_revision: Option<u64>) -> StoreFuture<Written>;
+
+    /// The name space's current revision.
+    fn revision(&self) -> StoreFuture<u64>;
 
     /// Every key, sorted in Erlang term order.
     fn names(&self) -> StoreFuture<Vec<Term>>;
@@ -161,16 +177,63 @@ pub(crate) fn answer(value: Option<&Term>) -> Term {
     }
 }
 
+/// The value an answer (`{ok, V}` or `undefined`) carries; `Err` for anything else.
+pub(crate) fn value_of(answer: &Term) -> Result<Option<Term>, ()> {
+    match answer.as_tuple() {
+        Some([ok, v]) if ok.is_atom("ok") => Ok(Some(v.clone())),
+        _ if answer.is_atom("undefined") => Ok(None),
+        _ => Err(()),
+    }
+}
+
 /// `{changed, Key, Answer}`.
 pub(crate) fn change(key: &Term, value: Option<&Term>) -> Term {
     Term::tuple([Term::atom("changed"), key.clone(), answer(value)])
 }
 
+/// How a connection asked to watch a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchForm {
+    /// `{watch, K}` (version 1): pushes `{changed, K, Answer}`.
+    Plain,
+    /// `{watch, K, Since}` (version 2): pushes `{changed, K, Answer, ModRev}`.
+    Revisions,
+}
+
+struct Watcher {
+    middle_man: MiddleMan,
+    form: WatchForm,
+    /// The highest revision pushed to it: a change is never pushed twice, nor an older
+    /// state after a newer one.
+    last: u64,
+}
+
+impl Watcher {
+    fn push(&mut self, key: &Term, value: Option<&Term>, mod_rev: u64) -> bool {
+        if mod_rev <= self.last {
+            return true;
+        }
+        self.last = mod_rev;
+        let change = match self.form {
+            WatchForm::Plain => change(key, value),
+            WatchForm::Revisions => Term::tuple([
+                Term::atom("changed"),
+                key.clone(),
+                answer(value),
+                rev_term(mod_rev),
+            ]),
+        };
+        self.middle_man.try_send_or_close(change)
+    }
+}
+
+type WatchTable = HashMap<Term, HashMap<u64, Watcher>>;
+
 /// The connections watching each key, local to this server process: stores report
-/// changes here and it pushes `{changed, Key, Answer}` to the watchers.
+/// changes here (with their revisions) and it pushes `{changed, ...}` to the watchers.
 #[derive(Default)]
 pub struct Watchers {
-    by_key: Mutex<HashMap<Term, HashMap<u64, MiddleMan>>>,
+    by_key: Mutex<WatchTable>,
 }
 
 impl fmt::Debug for Watchers {
@@ -182,18 +245,25 @@ impl fmt::Debug for Watchers {
 }
 
 impl Watchers {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Term, HashMap<u64, MiddleMan>>> {
+    fn lock(&self) -> MutexGuard<'_, WatchTable> {
         // Every change under this lock is one map operation: a panic cannot leave it
         // half made, so the data is still consistent after one.
         self.by_key.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `mm`'s connection now watches `key`.
-    pub fn watch(&self, key: Term, mm: &MiddleMan) {
+    /// `mm`'s connection now watches `key`, in `form` (a second watch of the same key
+    /// changes the form and keeps what was pushed).
+    pub fn watch(&self, key: Term, mm: &MiddleMan, form: WatchForm) {
         self.lock()
             .entry(key)
             .or_default()
-            .insert(mm.connection_id(), mm.clone());
+            .entry(mm.connection_id())
+            .and_modify(|w| w.form = form)
+            .or_insert(Watcher {
+                middle_man: mm.clone(),
+                form,
+                last: 0,
+            });
     }
 
     /// `connection` no longer watches `key`.
@@ -212,22 +282,32 @@ impl Watchers {
         self.lock().contains_key(key)
     }
 
-    /// `key` changed to `value` (`None`: removed): tells its watchers.
-    pub fn notify(&self, key: &Term, value: Option<&Term>) {
-        if self.is_watched(key) {
-            self.push(key, change(key, value));
-        }
-    }
-
-    /// Pushes `change` (a `{changed, Key, Answer}` term) to the watchers of `key`. The
-    /// push never waits: a watcher too slow to take it is closed rather than let it grow
-    /// memory. Callers report changes in the order they took effect and this keeps it.
-    pub fn push(&self, key: &Term, change: Term) {
+    /// `key` changed to `value` (`None`: removed) at revision `mod_rev`: tells its
+    /// watchers. The push never waits: a watcher too slow to take it is closed rather
+    /// than let it grow memory. Callers report changes in the order they took effect.
+    pub fn notify(&self, key: &Term, value: Option<&Term>, mod_rev: u64) {
         let mut by_key = self.lock();
         let Some(watchers) = by_key.get_mut(key) else {
             return;
         };
-        watchers.retain(|_, mm| mm.try_send_or_close(change.clone()));
+        watchers.retain(|_, w| w.push(key, value, mod_rev));
+        if watchers.is_empty() {
+            by_key.remove(key);
+        }
+    }
+
+    /// Pushes `key`'s state at `mod_rev` to `connection` alone (a `{watch, K, Since}`
+    /// catching up), unless it was pushed that revision or a later one already.
+    pub fn offer(&self, key: &Term, connection: u64, value: Option<&Term>, mod_rev: u64) {
+        let mut by_key = self.lock();
+        let Some(watchers) = by_key.get_mut(key) else {
+            return;
+        };
+        if let Some(w) = watchers.get_mut(&connection) {
+            if !w.push(key, value, mod_rev) {
+                watchers.remove(&connection);
+            }
+        }
         if watchers.is_empty() {
             by_key.remove(key);
         }
@@ -238,12 +318,51 @@ struct Entry {
     value: Term,
     /// The connection whose close removes this entry, for owner-bound stores.
     owner: Option<Owner>,
+    /// The revision of its last change.
+    mod_rev: u64,
+}
+
+#[derive(Default)]
+struct Names {
+    entries: HashMap<Term, Entry>,
+    revision: u64,
+    tombstones: Tombstones,
+}
+
+impl Names {
+    fn state(&self, key: &Term) -> KeyState {
+        let (value, mod_rev) = match self.entries.get(key) {
+            Some(e) => (Some(e.value.clone()), e.mod_rev),
+            None => (None, self.tombstones.get(key).unwrap_or(0)),
+        };
+        KeyState {
+            value,
+            mod_rev,
+            revision: self.revision,
+            floor: self.tombstones.floor(),
+        }
+    }
+
+    /// The state, if `if_revision` does not admit a change to `key`.
+    fn conflict(&self, key: &Term, if_revision: Option<u64>) -> Option<KeyState> {
+        let cond = if_revision?;
+        let state = self.state(key);
+        (!state.admits(cond)).then_some(state)
+    }
+
+    /// Removes `key` as a change (it is present): returns the revision of the removal.
+    fn remove(&mut self, key: &Term) -> u64 {
+        self.entries.remove(key);
+        self.revision += 1;
+        self.tombstones.insert(key.clone(), self.revision);
+        self.revision
+    }
 }
 
 /// `store = "memory"`: the book's kvs, a map behind a mutex. Every operation is done when
 /// it is called; the futures are ready at once.
 pub struct MemoryStore {
-    entries: Mutex<HashMap<Term, Entry>>,
+    names: Mutex<Names>,
     watchers: Arc<Watchers>,
 }
 
@@ -261,50 +380,85 @@ impl MemoryStore {
     /// An empty store reporting its changes to `watchers`.
     pub fn new(watchers: Arc<Watchers>) -> MemoryStore {
         MemoryStore {
-            entries: Mutex::default(),
+            names: Mutex::default(),
             watchers,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Term, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, Names> {
         // One map operation per change: still consistent after a panic.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        self.names.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl NameStore for MemoryStore {
-    fn store(&self, key: Term, value: Term, owner: Option<Owner>) -> StoreFuture<()> {
-        let mut entries = self.lock();
+    fn store(
+        &self,
+        key: Term,
+        value: Term,
+        owner: Option<Owner>,
+        if_revision: Option<u64>,
+    ) -> StoreFuture<Written> {
+        let mut names = self.lock();
+        if let Some(state) = names.conflict(&key, if_revision) {
+            return ready(Written::Conflict(state));
+        }
+        names.revision += 1;
+        let mod_rev = names.revision;
+        names.tombstones.remove(&key);
         // Notified with the lock held, so watchers see changes in the order made.
-        self.watchers.notify(&key, Some(&value));
-        entries.insert(key, Entry { value, owner });
-        ready(())
+        self.watchers.notify(&key, Some(&value), mod_rev);
+        names.entries.insert(
+            key,
+            Entry {
+                value,
+                owner,
+                mod_rev,
+            },
+        );
+        ready(Written::Done)
     }
 
     fn lookup(&self, key: Term) -> StoreFuture<Option<Term>> {
-        ready(self.lock().get(&key).map(|e| e.value.clone()))
+        ready(self.lock().entries.get(&key).map(|e| e.value.clone()))
     }
 
-    fn delete(&self, key: Term) -> StoreFuture<()> {
-        let mut entries = self.lock();
-        if entries.remove(&key).is_some() {
-            self.watchers.notify(&key, None);
+    fn get(&self, key: Term) -> StoreFuture<KeyState> {
+        ready(self.lock().state(&key))
+    }
+
+    fn delete(&self, key: Term, if_revision: Option<u64>) -> StoreFuture<Written> {
+        let mut names = self.lock();
+        if let Some(state) = names.conflict(&key, if_revision) {
+            return ready(Written::Conflict(state));
         }
-        ready(())
+        if names.entries.contains_key(&key) {
+            let rev = names.remove(&key);
+            self.watchers.notify(&key, None, rev);
+        }
+        ready(Written::Done)
+    }
+
+    fn revision(&self) -> StoreFuture<u64> {
+        ready(self.lock().revision)
     }
 
     fn names(&self) -> StoreFuture<Vec<Term>> {
-        let mut keys: Vec<Term> = self.lock().keys().cloned().collect();
+        let mut keys: Vec<Term> = self.lock().entries.keys().cloned().collect();
         keys.sort();
         ready(keys)
     }
 
     fn release(&self, owner: Owner, keys: Vec<Term>) -> StoreFuture<()> {
-        let mut entries = self.lock();
+        let mut names = self.lock();
         for key in keys {
-            if entries.get(&key).is_some_and(|e| e.owner == Some(owner)) {
-                entries.remove(&key);
-                self.watchers.notify(&key, None);
+            if names
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.owner == Some(owner))
+            {
+                let rev = names.remove(&key);
+                self.watchers.notify(&key, None, rev);
             }
         }
         ready(())
