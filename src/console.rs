@@ -281,7 +281,9 @@ fn human(verb: &Verb, answer: &Term) -> anyhow::Result<String> {
 /// `info` as `key: value` lines, then the services as a table.
 fn info_text(info: &Term) -> String {
     let mut out = String::new();
-    for key in ["version", "uptime_s", "config", "listen", "users"] {
+    for key in [
+        "version", "uptime_s", "config", "listen", "users", "sessions",
+    ] {
         if let Some(v) = info.map_get(&Term::atom(key)) {
             out.push_str(&format!("{key}: {}\n", show(v)));
         }

@@ -153,6 +153,21 @@ impl Channel {
         &self.shared.welcome
     }
 
+    /// The id of the session this channel belongs to, when
+    /// [`ConnectOptions::session`](crate::ConnectOptions::session) asked for one: give it
+    /// to [`SessionRequest::Resume`](crate::SessionRequest::Resume) to resume it.
+    pub fn session_id(&self) -> Option<&[u8]> {
+        self.shared.welcome.session.as_deref()
+    }
+
+    /// How long the server keeps the session without a connection.
+    pub fn session_grace(&self) -> Option<std::time::Duration> {
+        self.shared
+            .welcome
+            .grace_ms
+            .map(std::time::Duration::from_millis)
+    }
+
     /// The largest frame the server accepts; larger requests fail with
     /// [`Error::Encode`] without being sent.
     pub fn max_frame(&self) -> usize {

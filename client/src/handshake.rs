@@ -288,7 +288,7 @@ pub(crate) async fn connect(
         service: service.to_owned(),
         credential,
         args,
-        options: None,
+        options: session_options(opts),
     };
     let (reply, rest) = exchange(&mut opened, &hello, "start_service handshake").await?;
     let welcome = match reply {
@@ -319,6 +319,22 @@ pub(crate) async fn connect(
         opts.keepalive,
         opened.addr,
     ))
+}
+
+/// The handshake options map (PROTOCOL.md 4.3), only when a session is asked for: a
+/// book-password login without one keeps the version 1 4-tuple.
+fn session_options(opts: &ConnectOptions) -> Option<Term> {
+    let request = opts.session.as_ref()?;
+    let session = match request {
+        crate::SessionRequest::New => Term::atom("new"),
+        crate::SessionRequest::Resume(id) => Term::binary(id),
+    };
+    let mut entries = vec![(Term::atom("session"), session)];
+    if let Some(grace) = opts.session_grace {
+        let ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        entries.push((Term::atom("grace"), Term::Int(ms)));
+    }
+    Some(Term::map(entries))
 }
 
 /// `{challenge, Ref}` and the server's nonce (PROTOCOL.md section 4.2).

@@ -64,7 +64,7 @@ pub use handshake::{HANDSHAKE_MAX_RECV, MIN_MAX_RECV};
 pub use lib_chan_protocol::message::{ErrorReason, Welcome};
 pub use lib_chan_protocol::{term, Term};
 pub use login::{Ed25519Key, Login};
-pub use options::ConnectOptions;
+pub use options::{ConnectOptions, SessionRequest};
 /// The TLS library this crate uses, for [`ConnectOptions::tls_config`].
 pub use rustls;
 

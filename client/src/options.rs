@@ -24,6 +24,15 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Channel::rpc`] waits for its reply, by default.
 pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The session a connection asks for ([`ConnectOptions::session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionRequest {
+    /// Start a session.
+    New,
+    /// Resume the session with this id (from [`Channel::session_id`](crate::Channel::session_id)).
+    Resume(Vec<u8>),
+}
+
 /// Options for connecting to a channel server.
 ///
 /// | setting | default |
@@ -63,6 +72,11 @@ pub struct ConnectOptions {
     pub(crate) rpc_timeout: Duration,
     /// The keepalive interval; `None` sends no pings.
     pub(crate) keepalive: Option<Duration>,
+    /// The session to ask for (PROTOCOL.md 8); `None`: none, and a book-password login
+    /// stays the version 1 handshake.
+    pub(crate) session: Option<SessionRequest>,
+    /// The grace to ask for with a session.
+    pub(crate) session_grace: Option<Duration>,
     /// The configuration built from `trust`, shared by clones; a setter that changes the
     /// trust replaces it with an empty one.
     built: Arc<OnceLock<Arc<ClientConfig>>>,
@@ -78,6 +92,8 @@ impl Default for ConnectOptions {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             keepalive: None,
+            session: None,
+            session_grace: None,
             built: Arc::default(),
         }
     }
@@ -95,6 +111,8 @@ impl fmt::Debug for ConnectOptions {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("rpc_timeout", &self.rpc_timeout)
             .field("keepalive", &self.keepalive)
+            .field("session", &self.session)
+            .field("session_grace", &self.session_grace)
             .finish()
     }
 }
@@ -252,6 +270,26 @@ impl ConnectOptions {
     /// [`CloseReason::KeepaliveTimeout`]: crate::CloseReason::KeepaliveTimeout
     pub fn keepalive(mut self, interval: Duration) -> ConnectOptions {
         self.keepalive = (!interval.is_zero()).then_some(interval);
+        self
+    }
+
+    /// Asks for a session (PROTOCOL.md 8): [`SessionRequest::New`] starts one,
+    /// [`SessionRequest::Resume`] resumes the one whose id an earlier
+    /// [`Channel::session_id`](crate::Channel::session_id) gave. The server answers a
+    /// resume it cannot honour (unknown, ended, another identity) with a new session:
+    /// compare the ids to tell. What belongs to the session (a name server's `#{owner =>
+    /// session}` names) outlives a lost connection by the session's grace; a
+    /// [`Channel::close`](crate::Channel::close) ends it.
+    pub fn session(mut self, request: SessionRequest) -> ConnectOptions {
+        self.session = Some(request);
+        self
+    }
+
+    /// The grace to ask for with [`session`](ConnectOptions::session): how long the
+    /// session survives without a connection. The server clamps it to its own maximum
+    /// (10 s by default) and says what it chose ([`Channel::session_grace`](crate::Channel::session_grace)).
+    pub fn session_grace(mut self, grace: Duration) -> ConnectOptions {
+        self.session_grace = Some(grace);
         self
     }
 

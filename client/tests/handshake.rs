@@ -60,6 +60,8 @@ async fn seed_session_against_a_scripted_name_server() {
             max_frame: 1 << 20,
             server: "scripted-peer/1".into(),
             user: None,
+            session: None,
+            grace_ms: None,
         }
     );
     within(chan.cast(term!({store, joe, "writing a book"})))

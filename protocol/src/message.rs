@@ -122,6 +122,11 @@ pub struct Welcome {
     pub server: String,
     /// The named user logged in as (version 2); `None` after a service-password login.
     pub user: Option<String>,
+    /// The session this connection belongs to (version 2, section 8), when one was asked
+    /// for: an opaque id of at least 16 bytes.
+    pub session: Option<Vec<u8>>,
+    /// How long, in milliseconds, the session survives without a connection.
+    pub grace_ms: Option<u64>,
 }
 
 /// The server's answer during the handshake.
@@ -349,7 +354,18 @@ impl HandshakeReply {
                         w.user
                             .as_ref()
                             .map(|u| (Term::atom("user"), Term::binary(u.as_bytes()))),
-                    ),
+                    )
+                    .chain(
+                        w.session
+                            .as_ref()
+                            .map(|id| (Term::atom("session"), Term::binary(id))),
+                    )
+                    .chain(w.grace_ms.map(|ms| {
+                        (
+                            Term::atom("grace"),
+                            Term::Int(i64::try_from(ms).unwrap_or(i64::MAX)),
+                        )
+                    })),
                 ),
             ]),
             HandshakeReply::Refused(r) => Term::tuple([Term::atom("error"), r.to_term()]),
@@ -382,11 +398,18 @@ impl HandshakeReply {
                 .map_get(&Term::atom("user"))
                 .and_then(Term::as_binary)
                 .map(|b| String::from_utf8_lossy(b).into_owned());
+            let session = info
+                .map_get(&Term::atom("session"))
+                .and_then(Term::as_binary)
+                .map(<[u8]>::to_vec);
+            let grace_ms = int("grace").and_then(|n| u64::try_from(n).ok());
             return Ok(HandshakeReply::Welcome(Welcome {
                 protocol,
                 max_frame,
                 server,
                 user,
+                session,
+                grace_ms,
             }));
         }
         if let Some([reason]) = tagged(t, "error") {
@@ -673,6 +696,8 @@ mod tests {
             max_frame: 1 << 20,
             server: "s".into(),
             user: None,
+            session: None,
+            grace_ms: None,
         };
         let v1 = HandshakeReply::Welcome(w.clone()).to_term();
         assert_eq!(
@@ -688,6 +713,17 @@ mod tests {
         );
         assert_eq!(
             HandshakeReply::from_term(&v2).unwrap(),
+            HandshakeReply::Welcome(w.clone())
+        );
+        w.session = Some(vec![7; 16]);
+        w.grace_ms = Some(10_000);
+        let with_session = HandshakeReply::Welcome(w.clone()).to_term();
+        assert_eq!(
+            with_session.as_tuple().unwrap()[1].map_get(&Term::atom("grace")),
+            Some(&Term::Int(10_000))
+        );
+        assert_eq!(
+            HandshakeReply::from_term(&with_session).unwrap(),
             HandshakeReply::Welcome(w)
         );
     }
@@ -769,6 +805,8 @@ mod tests {
                 max_frame: 1 << 20,
                 server: "x".into(),
                 user: None,
+                session: None,
+                grace_ms: None,
             })
         );
         assert!(HandshakeReply::from_term(&parse("{ok, #{protocol => 1}}").unwrap()).is_err());

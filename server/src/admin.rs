@@ -4,7 +4,7 @@
 //!
 //! | call | answer |
 //! |---|---|
-//! | `info` | `#{version, uptime_s, config, listen, services => [#{name, handler, connections, status}], users, limits => #{..}, tls => #{subject, not_after, client_ca}}` |
+//! | `info` | `#{version, uptime_s, config, listen, services => [#{name, handler, connections, status}], users, sessions, limits => #{..}, tls => #{subject, not_after, client_ca}}` |
 //! | `connections`, `{connections, #{service, user, peer}}` | `[#{id, peer, service, user, credential, tls, since, calls, bytes_in, bytes_out, in_flight, session}]` (filters optional; `peer` matches a prefix of `ADDR:PORT`) |
 //! | `{kick, Id}` | `true`, or `false` when no such connection is open |
 //! | `{kick_user, Name}` | the number of connections closed |
@@ -265,6 +265,7 @@ async fn info(hub: &AdminHub, live: &Arc<Live>) -> Term {
         ),
         entry("services", Term::list(services)),
         entry("users", int(state.users.len() as u64)),
+        entry("sessions", int(state.sessions.len() as u64)),
         entry("limits", limits),
         entry("tls", tls),
     ])
@@ -295,7 +296,11 @@ fn connections(open: &[ConnectionInfo], filter: &Term) -> Term {
                     entry("bytes_in", int(c.bytes_in)),
                     entry("bytes_out", int(c.bytes_out)),
                     entry("in_flight", int(c.in_flight as u64)),
-                    entry("session", Term::atom("undefined")),
+                    entry(
+                        "session",
+                        c.session
+                            .map_or(Term::atom("undefined"), |s| bin(&s.to_string())),
+                    ),
                 ])
             })
             .collect::<Vec<_>>(),

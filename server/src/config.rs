@@ -184,6 +184,13 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// `shutdown_grace` (seconds, default 5): how long shutdown waits for calls in flight.
     pub shutdown_grace: Duration,
+    /// `session_grace_max` (seconds, default 10; 0 = a session ends with its last
+    /// connection): the longest a session survives without a connection (PROTOCOL.md 8);
+    /// a client's `grace` is clamped to it, and a client that names none gets it.
+    pub session_grace_max: Duration,
+    /// `max_sessions` (default 100000): sessions kept at once; past it, a login asking
+    /// for a new session is answered `{error, busy}`.
+    pub max_sessions: usize,
     /// `outbound_bytes` (default 4 MiB): answers and pushes queued for one connection
     /// before the middle man stops handing the handler new requests.
     pub outbound_bytes: usize,
@@ -212,6 +219,8 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(10),
             idle_timeout: None,
             shutdown_grace: Duration::from_secs(5),
+            session_grace_max: Duration::from_secs(10),
+            max_sessions: 100_000,
             outbound_bytes: 4 << 20,
             tcp_keepalive: Some(Duration::from_secs(60)),
             admission: AdmissionPolicy::default(),
@@ -583,6 +592,8 @@ struct RawLimits {
     write_timeout: Option<Spanned<f64>>,
     idle_timeout: Option<Spanned<f64>>,
     shutdown_grace: Option<Spanned<f64>>,
+    session_grace_max: Option<Spanned<f64>>,
+    max_sessions: Option<Spanned<i64>>,
     outbound_bytes: Option<Spanned<i64>>,
     tcp_keepalive: Option<Spanned<f64>>,
     unauth_drop_start: Option<Spanned<i64>>,
@@ -658,6 +669,18 @@ impl RawLimits {
             }
             Ok(())
         };
+        secs_or_zero(
+            &self.session_grace_max,
+            "limits.session_grace_max",
+            &mut l.session_grace_max,
+        )?;
+        count(
+            &self.max_sessions,
+            "limits.max_sessions",
+            1,
+            1 << 24,
+            &mut l.max_sessions,
+        )?;
         let pen = &mut l.admission.penalties;
         secs_or_zero(
             &self.penalty_auth_failed,

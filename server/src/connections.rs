@@ -47,6 +47,8 @@ pub struct ConnectionInfo {
     pub bytes_out: u64,
     /// Calls not answered yet (as of the last write).
     pub in_flight: usize,
+    /// The session it belongs to, if any.
+    pub session: Option<crate::sessions::SessionId>,
 }
 
 /// One connection's counters, kept by its middle man (relaxed atomics: a few adds per

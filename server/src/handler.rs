@@ -88,6 +88,15 @@ pub trait Service: Send + Sync + 'static {
         None
     }
 
+    /// A session of this service ended (PROTOCOL.md 8): its client sent `close`, or no
+    /// connection of it was open for its grace. Called once per session, from the task
+    /// that ended it; must not block. A connection closing is [`Event::Closed`] on that
+    /// connection; this is the end of what belongs to the session (the name server drops
+    /// its `#{owner => session}` names here). The default does nothing.
+    fn session_ended(&self, id: &crate::sessions::SessionId) {
+        let _ = id;
+    }
+
     /// Counters of its own for the metrics endpoint, as (event, count): rendered as
     /// `lib_chan_service_events_total{service="NAME",event="EVENT"}`.
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -121,9 +130,16 @@ pub struct Session {
     pub(crate) args_c: Term,
     pub(crate) args_s: Term,
     pub(crate) identity: Arc<Identity>,
+    pub(crate) session_id: Option<crate::sessions::SessionId>,
 }
 
 impl Session {
+    /// The session this connection belongs to, when the client asked for one
+    /// (PROTOCOL.md 8): the same id on every connection that resumed it.
+    pub fn session_id(&self) -> Option<crate::sessions::SessionId> {
+        self.session_id
+    }
+
     /// The next event; `None` once the channel is closed and every event was read.
     pub async fn next_event(&mut self) -> Option<Event> {
         self.events.recv().await

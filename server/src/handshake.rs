@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -33,6 +34,7 @@ use crate::login::{self, Attempt, Binding, TlsInfo, Verdict};
 use crate::metrics::AuthResult;
 use crate::middle_man::linger_close;
 use crate::server::{ServerState, ServiceEntry};
+use crate::sessions::{SessionLease, SessionLimits, SessionRequest};
 use crate::stats::protocol_error;
 use crate::users::Identity;
 
@@ -52,6 +54,8 @@ pub(crate) struct Authenticated<S> {
     pub(crate) identity: Identity,
     pub(crate) binding: Binding,
     pub(crate) tls: TlsInfo,
+    /// The session the client asked for (started or resumed).
+    pub(crate) session: Option<SessionLease>,
 }
 
 /// What `start_service` let in.
@@ -60,6 +64,26 @@ struct Started {
     args_c: Term,
     identity: Identity,
     binding: Binding,
+    session: Option<SessionLease>,
+}
+
+/// The session options of a `start_service` (PROTOCOL.md 4.3): `session => new | Id` and
+/// `grace => Ms`. Other keys, and values of the wrong form, are ignored.
+fn session_options(options: Option<&Term>) -> (Option<SessionRequest>, Option<Duration>) {
+    let Some(map) = options else {
+        return (None, None);
+    };
+    let request = match map.map_get(&Term::atom("session")) {
+        Some(t) if t.is_atom("new") => Some(SessionRequest::New),
+        Some(t) => t.as_binary().map(|b| SessionRequest::Resume(b.to_vec())),
+        None => None,
+    };
+    let grace = map
+        .map_get(&Term::atom("grace"))
+        .and_then(Term::as_int)
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(Duration::from_millis);
+    (request, grace)
 }
 
 /// Who is connecting, for the login and its audit line.
@@ -176,6 +200,7 @@ where
             identity: started.identity,
             binding: started.binding,
             tls: peer.tls,
+            session: started.session,
         }),
         Ok(Err(failure)) => {
             refuse(reader, &failure).await;
@@ -278,8 +303,9 @@ where
                 service,
                 credential,
                 args,
-                options: _,
+                options,
             } => {
+                let (session_request, grace) = session_options(options.as_ref());
                 let started = Instant::now();
                 let kind = credential.kind();
                 let user = credential.user().map(str::to_owned);
@@ -304,10 +330,30 @@ where
                             Some(ready) => ready.await,
                             None => true,
                         };
-                        if ready {
-                            (Some(a), AuthResult::Ok, Ok("ok"))
-                        } else {
-                            (None, AuthResult::Busy, Ok("busy"))
+                        let session = match (&session_request, ready) {
+                            (Some(request), true) => Some(state.sessions.open(
+                                &a.entry.config.name,
+                                &a.identity,
+                                &a.entry.service,
+                                request,
+                                grace,
+                                SessionLimits {
+                                    grace_max: state.limits.session_grace_max,
+                                    max_sessions: state.limits.max_sessions,
+                                },
+                            )),
+                            _ => None,
+                        };
+                        match (ready, session) {
+                            (false, _) => (None, AuthResult::Busy, Ok("busy")),
+                            (true, Some(Err(_))) => {
+                                tracing::warn!(peer = %peer.addr, "at max_sessions: a login asking for a session is answered busy");
+                                (None, AuthResult::Busy, Ok("busy"))
+                            }
+                            (true, Some(Ok(lease))) => {
+                                (Some((a, Some(lease))), AuthResult::Ok, Ok("ok"))
+                            }
+                            (true, None) => (Some((a, None)), AuthResult::Ok, Ok("ok")),
                         }
                     }
                     Verdict::Busy => (None, AuthResult::Busy, Ok("busy")),
@@ -324,7 +370,7 @@ where
                     outcome,
                     started,
                 );
-                let Some(accepted) = accepted else {
+                let Some((accepted, session)) = accepted else {
                     return Err(HandshakeFailure::Refused(match result {
                         AuthResult::Failed => ErrorReason::AuthFailed,
                         _ => ErrorReason::Busy,
@@ -339,7 +385,14 @@ where
                     max_frame: state.limits.max_frame,
                     server: format!("lib_chan-rs {}", env!("CARGO_PKG_VERSION")),
                     user: accepted.identity.user().map(str::to_owned),
+                    session: session.as_ref().map(|s| s.id().as_bytes().to_vec()),
+                    grace_ms: session
+                        .as_ref()
+                        .map(|s| u64::try_from(s.grace().as_millis()).unwrap_or(u64::MAX)),
                 });
+                if let Some(s) = &session {
+                    tracing::info!(peer = %peer.addr, session = %s.id(), resumed = s.resumed(), "session");
+                }
                 send(reader, &welcome)
                     .await
                     .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
@@ -349,6 +402,7 @@ where
                     args_c: args,
                     identity: accepted.identity,
                     binding: accepted.binding,
+                    session,
                 });
             }
         }

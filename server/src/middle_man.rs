@@ -101,6 +101,10 @@ pub(crate) struct Setup {
     pub(crate) metrics: Arc<ServiceMetrics>,
     /// This connection's counters, read by the operator's console.
     pub(crate) counters: Arc<ConnCounters>,
+    /// Its hold on the session it belongs to, if the client asked for one: a client's
+    /// `close` ends the session once the handler has ended; any other end leaves the
+    /// session its grace.
+    pub(crate) session: Option<crate::sessions::SessionLease>,
 }
 
 /// Runs one connection from the welcome to the close, and says why it ended.
@@ -121,6 +125,7 @@ where
         args_c: setup.args_c,
         args_s: setup.args_s,
         identity: setup.identity,
+        session_id: setup.session.as_ref().map(|s| s.id()),
     };
     let handler = tokio::spawn(setup.service.start(session));
     let mut conn = Connection {
@@ -134,6 +139,7 @@ where
         limits: setup.limits,
         metrics: setup.metrics,
         counters: setup.counters,
+        session: setup.session,
     };
     let reason = conn
         .serve(&events_tx, handler, setup.shutdown, setup.revoked)
@@ -157,6 +163,7 @@ struct Connection<S> {
     limits: Arc<Limits>,
     metrics: Arc<ServiceMetrics>,
     counters: Arc<ConnCounters>,
+    session: Option<crate::sessions::SessionLease>,
 }
 
 /// What ended the main loop, with what is needed to finish.
@@ -524,7 +531,10 @@ where
 
     /// Ends the connection: final frames, the handler told or awaited, the lingering close.
     async fn finish(mut self, ended: Ended, events_tx: mpsc::Sender<Event>) -> CloseReason {
-        let Ended { reason, handler } = ended;
+        let Ended {
+            reason,
+            mut handler,
+        } = ended;
         let peer = self.middle_man.peer();
         // Answers the handler queued before it ended still go out, in order.
         let client_reachable = !matches!(
@@ -569,22 +579,37 @@ where
             let _ = events_tx.try_send(Event::Closed);
         }
         drop(events_tx);
+        let session = self.session.take();
+        if matches!(reason, CloseReason::ClientClosed) {
+            if let Some(lease) = session {
+                // Ended once the handler is done, so that what the client sent before its
+                // `close` (an owner => session store, say) is placed before the release.
+                end_handler(handler.take(), peer).await;
+                lease.end();
+            }
+        }
         let stream = self.reader.into_inner();
         if client_reachable {
             linger_close(stream).await;
         } else {
             drop(stream);
         }
-        if let Some(mut handler) = handler {
-            if tokio::time::timeout(HANDLER_EXIT_GRACE, &mut handler)
-                .await
-                .is_err()
-            {
-                tracing::warn!(%peer, "handler still running after its channel closed; aborting it");
-                handler.abort();
-            }
-        }
+        end_handler(handler, peer).await;
         reason
+    }
+}
+
+/// Waits for the handler to end after its channel closed, aborting it past
+/// [`HANDLER_EXIT_GRACE`].
+async fn end_handler(handler: Option<JoinHandle<()>>, peer: std::net::SocketAddr) {
+    if let Some(mut handler) = handler {
+        if tokio::time::timeout(HANDLER_EXIT_GRACE, &mut handler)
+            .await
+            .is_err()
+        {
+            tracing::warn!(%peer, "handler still running after its channel closed; aborting it");
+            handler.abort();
+        }
     }
 }
 

@@ -176,6 +176,7 @@ impl Live {
             client_ca: tls.client_ca,
             connections: Arc::clone(&old.connections),
             denials: Arc::clone(&old.denials),
+            sessions: Arc::clone(&old.sessions),
             users_changed: Arc::clone(&old.users_changed),
             admin: Arc::clone(&old.admin),
             cert_subject: tls.cert_subject,

@@ -72,6 +72,8 @@ pub(crate) struct ServerState {
     pub(crate) connections: Arc<ConnectionTable>,
     /// Recent refusals (shared across generations).
     pub(crate) denials: Arc<DenialLog>,
+    /// Live sessions (shared across generations).
+    pub(crate) sessions: Arc<crate::sessions::Sessions>,
     /// Wakes the expiry watch when a reload changed the users.
     pub(crate) users_changed: Arc<tokio::sync::Notify>,
     /// What `mod_admin` reaches the server through (shared across generations).
@@ -194,6 +196,7 @@ impl Server {
             client_ca: tls.client_ca,
             connections: Arc::default(),
             denials: Arc::default(),
+            sessions: Arc::default(),
             users_changed: Arc::default(),
             admin: Arc::clone(&admin),
             cert_subject: tls.cert_subject,
@@ -371,6 +374,7 @@ impl Server {
             revoked: auth.service.revoked.child_token(),
             metrics: service_metrics,
             counters: Arc::default(),
+            session: auth.session,
         };
         middle_man::run(auth.reader, setup).await.code()
     }
@@ -583,6 +587,7 @@ async fn connection(
             bytes_in: 0,
             bytes_out: 0,
             in_flight: 0,
+            session: auth.session.as_ref().map(|s| s.id()),
         },
         Arc::clone(&identity),
         auth.binding,
@@ -602,6 +607,7 @@ async fn connection(
         revoked,
         metrics: service_metrics,
         counters,
+        session: auth.session,
     };
     let reason = middle_man::run(auth.reader, setup).await;
     state.stats.count_close(&reason.code());

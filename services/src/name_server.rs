@@ -55,7 +55,9 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use lib_chan_protocol::Term;
-use lib_chan_server::{Call, Event, HandlerFuture, MiddleMan, Service, ServiceConfig, Session};
+use lib_chan_server::{
+    Call, Event, HandlerFuture, MiddleMan, Service, ServiceConfig, Session, SessionId,
+};
 
 pub use revision::{KeyState, Written};
 pub use store::{NameStore, Owner, StoreError, StoreFuture, StoreSpec, WatchForm, Watchers};
@@ -69,8 +71,9 @@ pub enum Request {
         key: Term,
         /// The value.
         value: Term,
-        /// Removed when the storing connection closes.
-        owner_bound: bool,
+        /// `owner => channel` (removed when the storing connection closes) or `owner =>
+        /// session` (removed when its session ends).
+        owner: Option<OwnedBy>,
         /// Stored only if the key's last change was at this revision (0: absent).
         if_revision: Option<u64>,
     },
@@ -126,7 +129,7 @@ impl Request {
             ("store", [k, v]) => Request::Store {
                 key: k.clone(),
                 value: v.clone(),
-                owner_bound: false,
+                owner: None,
                 if_revision: None,
             },
             ("store", [k, v, opts]) => {
@@ -134,7 +137,7 @@ impl Request {
                 Request::Store {
                     key: k.clone(),
                     value: v.clone(),
-                    owner_bound: opts.owner_bound,
+                    owner: opts.owner,
                     if_revision: opts.if_revision,
                 }
             }
@@ -162,22 +165,32 @@ impl Request {
     }
 }
 
+/// What an owner-bound name belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnedBy {
+    /// `owner => channel`: the connection that stored it.
+    Channel,
+    /// `owner => session`: the session of the connection that stored it (PROTOCOL.md 8).
+    Session,
+}
+
 /// The options map of a store or delete.
 #[derive(Default)]
 struct Options {
-    owner_bound: bool,
+    owner: Option<OwnedBy>,
     if_revision: Option<u64>,
 }
 
 impl Options {
-    /// `#{owner => channel, if_revision => R}`, each key optional (`owner` only where
+    /// `#{owner => channel | session, if_revision => R}`, each key optional (`owner` only where
     /// `owner` is allowed); `None` for any other key or value, so that a misspelt
     /// condition is refused rather than ignored.
     fn parse(opts: &Term, owner: bool) -> Option<Options> {
         let mut out = Options::default();
         for (k, v) in opts.as_map()? {
             match k.as_atom()? {
-                "owner" if owner && v.is_atom("channel") => out.owner_bound = true,
+                "owner" if owner && v.is_atom("channel") => out.owner = Some(OwnedBy::Channel),
+                "owner" if owner && v.is_atom("session") => out.owner = Some(OwnedBy::Session),
                 "if_revision" => out.if_revision = Some(revision::rev_of(v)?),
                 _ => return None,
             }
@@ -375,6 +388,31 @@ impl CatchUp {
 #[derive(Debug, Default)]
 pub struct NameServer {
     space: Arc<NameSpace>,
+    session_names: Arc<SessionNames>,
+}
+
+/// The `#{owner => session}` names of each live session, to release when it ends.
+#[derive(Debug, Default)]
+struct SessionNames(std::sync::Mutex<std::collections::HashMap<SessionId, HashSet<Term>>>);
+
+impl SessionNames {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<SessionId, HashSet<Term>>> {
+        // One map operation per change: consistent after a panic.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, session: SessionId, key: Term) {
+        self.lock().entry(session).or_default().insert(key);
+    }
+
+    fn take(&self, session: &SessionId) -> Vec<Term> {
+        self.lock()
+            .remove(session)
+            .map(|keys| keys.into_iter().collect())
+            .unwrap_or_default()
+    }
 }
 
 impl NameServer {
@@ -398,7 +436,10 @@ impl NameServer {
 
     /// A name server on `space`.
     pub fn with_space(space: Arc<NameSpace>) -> NameServer {
-        NameServer { space }
+        NameServer {
+            space,
+            session_names: Arc::default(),
+        }
     }
 
     /// The name space, e.g. for other services that share it.
@@ -414,6 +455,9 @@ struct ConnectionState {
     middle_man: MiddleMan,
     owned: HashSet<Term>,
     watched: HashSet<Term>,
+    /// The connection's session, for `#{owner => session}` names.
+    session: Option<SessionId>,
+    session_names: Arc<SessionNames>,
 }
 
 /// A request's answer: the reply, and for a `{watch, K, Since}` the state to push after it.
@@ -447,15 +491,27 @@ impl ConnectionState {
             Request::Store {
                 key,
                 value,
-                owner_bound,
+                owner,
                 if_revision,
             } => {
-                let owner = owner_bound.then(|| self.middle_man.connection_id());
-                if owner_bound {
-                    // Kept even if the condition fails: releasing a key the connection
-                    // does not own removes nothing.
-                    self.owned.insert(key.clone());
-                }
+                // Recorded even if a condition fails: releasing a key the owner does not
+                // own removes nothing.
+                let owner = match owner {
+                    None => None,
+                    Some(OwnedBy::Channel) => {
+                        self.owned.insert(key.clone());
+                        Some(self.middle_man.connection_id())
+                    }
+                    Some(OwnedBy::Session) => {
+                        let Some(session) = self.session else {
+                            return Box::pin(std::future::ready(Err(StoreError::BadTerm(
+                                "owner => session on a connection without a session".into(),
+                            ))));
+                        };
+                        self.session_names.add(session, key.clone());
+                        Some(session.owner_key())
+                    }
+                };
                 answer_with(space.store.store(key, value, owner, if_revision), |w| {
                     w.reply()
                 })
@@ -550,6 +606,15 @@ impl Service for NameServer {
         }))
     }
 
+    /// A session ended: its `#{owner => session}` names go (each a change its watchers
+    /// hear of), placed now and taking effect without being awaited.
+    fn session_ended(&self, id: &SessionId) {
+        let keys = self.session_names.take(id);
+        if !keys.is_empty() {
+            drop(self.space.release(id.owner_key(), keys));
+        }
+    }
+
     fn start(self: Arc<Self>, mut session: Session) -> HandlerFuture {
         Box::pin(async move {
             let mm = session.middle_man().clone();
@@ -560,6 +625,8 @@ impl Service for NameServer {
                 middle_man: mm.clone(),
                 owned: HashSet::new(),
                 watched: HashSet::new(),
+                session: session.session_id(),
+                session_names: Arc::clone(&self.session_names),
             };
             while let Some(event) = session.next_event().await {
                 match event {
@@ -648,14 +715,14 @@ mod tests {
             Some(Request::Store {
                 key: term!(joe),
                 value: term!("writing a book"),
-                owner_bound: false,
+                owner: None,
                 if_revision: None,
             })
         );
         assert!(matches!(
             p("{store, k, v, #{owner => channel}}"),
             Some(Request::Store {
-                owner_bound: true,
+                owner: Some(OwnedBy::Channel),
                 ..
             })
         ));
@@ -663,12 +730,21 @@ mod tests {
         assert!(matches!(
             p("{store, k, v, #{owner => channel, if_revision => 0}}"),
             Some(Request::Store {
-                owner_bound: true,
+                owner: Some(OwnedBy::Channel),
                 if_revision: Some(0),
                 ..
             })
         ));
         // A misspelt or bad condition is refused, never taken as unconditional.
+        assert_eq!(
+            p("{store, k, v, #{owner => session}}"),
+            Some(Request::Store {
+                key: term!(k),
+                value: term!(v),
+                owner: Some(OwnedBy::Session),
+                if_revision: None,
+            })
+        );
         assert_eq!(p("{store, k, v, #{if_rev => 3}}"), None);
         assert_eq!(p("{store, k, v, #{if_revision => -1}}"), None);
         assert_eq!(p("{delete, k, #{owner => channel}}"), None);

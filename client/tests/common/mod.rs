@@ -186,6 +186,8 @@ pub fn welcome(max_frame: usize) -> Term {
         max_frame,
         server: "scripted-peer/1".into(),
         user: None,
+        session: None,
+        grace_ms: None,
     })
     .to_term();
     // Add a key the client does not know.
