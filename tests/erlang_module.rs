@@ -209,6 +209,22 @@ async fn erlang_module_runs_the_book_session_and_reports_errors() {
 }
 
 #[tokio::test]
+async fn erlang_module_starts_resumes_and_ends_sessions() {
+    let server = TestServer::start().await;
+    run(
+        &server,
+        "session",
+        &[
+            "session started",
+            "session resumed",
+            "close ended the session",
+            "session ok",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn erlang_module_delivers_pushes_and_closes() {
     let server = TestServer::start().await;
     run(

@@ -22,7 +22,8 @@
 %%   welcome(Pid) -> {ok, Welcome} | {error, closed}
 %%       The server's welcome map, with the keys this node knows: protocol (1 after a
 %%       login with the service password, 2 after a named user's), max_frame, server,
-%%       and after a named user's login user => NameBin.
+%%       after a named user's login user => NameBin, and with {session, _} session =>
+%%       IdBin and grace => Ms.
 %%   cast(Pid, Term) -> ok                    one-way: {send, Term}
 %%   rpc(Pid, Term) -> Reply | {error, Why}   rpc(Pid, Term, 30000)
 %%   rpc(Pid, Term, Timeout) -> Reply | {error, Why}
@@ -61,6 +62,17 @@
 %%   {ed25519_key, {raw, Seed}}
 %%                          the same with the key's 32-byte seed (what crypto calls
 %%                          the Ed25519 private key)
+%%   {session, new | Id}    ask for a session (PROTOCOL.md section 8): new starts one,
+%%                          Id (a binary from an earlier welcome's session) resumes it;
+%%                          the welcome then holds session => Id and grace => Ms. A
+%%                          resume the server cannot honour gets a new Id: compare.
+%%                          This module keeps one connection per Pid: when it is lost
+%%                          the owner gets {chan_closed, Pid}, and may connect again
+%%                          with {session, Id} within the grace to keep what belongs
+%%                          to the session (a name server's #{owner => session} names);
+%%                          disconnect/1 sends close, which ends the session.
+%%   {grace, Ms}            with {session, _}: how long the session may outlive its
+%%                          connection; the server clamps it (10 s by default)
 %%   certificate | {certificate, true}
 %%                          with {user, Name}: the TLS client certificate that this
 %%                          connection presents, given with ssl's own {certfile, F}
@@ -245,8 +257,9 @@ handshake(Host, Port, Service, Password, ArgsC, Options) ->
     end.
 
 handshake(Host, Port, Service, Login, ArgsC, Options, Timeout, Deadline, Atoms) ->
+    Hs = handshake_options(Options),
     %% The largest first frame this login sends: a key login's signature is 64 bytes.
-    Biggest = hello(Service, credential(Login, <<0:512>>), ArgsC),
+    Biggest = hello(Service, credential(Login, <<0:512>>), ArgsC, Hs),
     case ssl_options(Options) of
         {error, _} = E ->
             E;
@@ -255,7 +268,7 @@ handshake(Host, Port, Service, Login, ArgsC, Options, Timeout, Deadline, Atoms) 
         {ok, SslOpts} ->
             case ssl:connect(Host, Port, SslOpts, Timeout) of
                 {ok, S} ->
-                    Result = start_service(S, Service, Login, ArgsC, Deadline, Atoms),
+                    Result = start_service(S, Service, Login, {ArgsC, Hs}, Deadline, Atoms),
                     case Result of
                         {ok, _} -> ok;
                         {error, _} -> ssl:close(S)
@@ -266,17 +279,32 @@ handshake(Host, Port, Service, Login, ArgsC, Options, Timeout, Deadline, Atoms) 
             end
     end.
 
-hello(Service, Credential, ArgsC) ->
-    term_to_binary({start_service, Service, Credential, ArgsC}, [{minor_version, 2}]).
+%% The start_service frame: the version 1 4-tuple unless handshake options are asked for.
+hello(Service, Credential, ArgsC, Hs) when map_size(Hs) =:= 0 ->
+    term_to_binary({start_service, Service, Credential, ArgsC}, [{minor_version, 2}]);
+hello(Service, Credential, ArgsC, Hs) ->
+    term_to_binary({start_service, Service, Credential, ArgsC, Hs}, [{minor_version, 2}]).
+
+%% The handshake options map (PROTOCOL.md section 4.3) from {session, _} and {grace, _}.
+handshake_options(Options) ->
+    Session = case proplists:get_value(session, Options) of
+                  new -> #{session => new};
+                  Id when is_binary(Id) -> #{session => Id};
+                  _ -> #{}
+              end,
+    case proplists:get_value(grace, Options) of
+        Ms when is_integer(Ms), Ms >= 0, map_size(Session) > 0 -> Session#{grace => Ms};
+        _ -> Session
+    end.
 
 %% The credential of start_service; Sig is the key login's signature.
 credential({static, Credential}, _Sig) -> Credential;
 credential({key, Name, _Seed}, Sig) -> {user, Name, {ed25519, Sig}}.
 
-start_service(S, Service, Login, ArgsC, Deadline, Atoms) ->
+start_service(S, Service, Login, {ArgsC, Hs}, Deadline, Atoms) ->
     case signature(S, Service, Login, Deadline) of
         {ok, Sig} ->
-            case exchange(S, hello(Service, credential(Login, Sig), ArgsC), Deadline) of
+            case exchange(S, hello(Service, credential(Login, Sig), ArgsC, Hs), Deadline) of
                 {ok, Bin} -> welcome(S, Bin, Atoms);
                 {error, _} = E -> E
             end;
@@ -519,7 +547,7 @@ service_bytes(S) when is_binary(S) -> S.
 
 ssl_options(Options) ->
     %% ({password, _} is taken out by the caller when it is the user's.)
-    Ours = [timeout, atoms, user, ed25519_key, certificate,
+    Ours = [timeout, atoms, user, ed25519_key, certificate, session, grace,
             binary, list, mode, packet, packet_size, active, header],
     User = [O || O <- Options, not lists:member(opt_key(O), Ours)],
     Verify = proplists:get_value(verify, User, verify_peer),

@@ -9,6 +9,8 @@
 %%   unknown_atoms  ARG is an atom name this node never saw: prints "watching", then
 %%                  expects the value the test stores under joe to name it
 %%   lenient        a scripted server whose welcome and replies name unknown atoms
+%%   session        {session, new}, a connection lost without close, {session, Id}
+%%                  resuming it with its owner => session name, close ending it
 %% Prints one line per step; any mismatch crashes the script (non-zero exit).
 -mode(compile).
 
@@ -22,7 +24,8 @@ main([BeamDir, Host, PortS, CertDir, Scenario | Rest]) ->
         "seed" -> seed(Host, Port, Opts, CertDir);
         "push" -> push(Host, Port, Opts);
         "unknown_atoms" -> unknown_atoms(Host, Port, Opts, hd(Rest));
-        "lenient" -> lenient(CertDir)
+        "lenient" -> lenient(CertDir);
+        "session" -> session(Host, Port, Opts)
     end,
     io:format("~s ok~n", [Scenario]),
     halt(0);
@@ -32,6 +35,34 @@ main(_) ->
     halt(2).
 
 step(Name) -> io:format("~s~n", [Name]).
+
+session(Host, Port, Opts) ->
+    A = connect(Host, Port, nameServer, [{session, new}, {grace, 3000} | Opts]),
+    {ok, #{protocol := 2, session := Id, grace := 3000}} = lib_chan_tls:welcome(A),
+    true = is_binary(Id) andalso byte_size(Id) >= 16,
+    true = lib_chan_tls:rpc(A, {store, lease, erlang, #{owner => session}}),
+    step("session started"),
+    %% The connection is lost without close: the channel process dies.
+    exit(A, kill),
+    timer:sleep(300),
+    B = connect(Host, Port, nameServer, [{session, Id} | Opts]),
+    {ok, #{session := Id}} = lib_chan_tls:welcome(B),
+    {ok, erlang} = lib_chan_tls:rpc(B, {lookup, lease}),
+    step("session resumed"),
+    ok = lib_chan_tls:disconnect(B),
+    C = connect(Host, Port, nameServer, Opts),
+    {ok, Welcome} = lib_chan_tls:welcome(C),
+    false = maps:is_key(session, Welcome),
+    undefined = wait_gone(C, lease, 50),
+    step("close ended the session"),
+    ok = lib_chan_tls:disconnect(C).
+
+wait_gone(_Pid, _Key, 0) -> still_there;
+wait_gone(Pid, Key, N) ->
+    case lib_chan_tls:rpc(Pid, {lookup, Key}) of
+        undefined -> undefined;
+        _ -> timer:sleep(50), wait_gone(Pid, Key, N - 1)
+    end.
 
 connect(Host, Port, Service, Opts) ->
     {ok, Pid} = lib_chan_tls:connect(Host, Port, Service, "ABXy45", "", Opts),
