@@ -386,6 +386,47 @@ impl Channel {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT + Duration::from_secs(1), self.closed()).await;
     }
 
+    /// [`rpc_timeout`](Self::rpc_timeout) that also says, on failure, whether the call
+    /// was queued for the connection (`true`: it may have reached the server).
+    pub(crate) async fn rpc_sent(
+        &self,
+        req: Term,
+        timeout: Duration,
+    ) -> Result<Term, (Error, bool)> {
+        if let Err(e) = self.check_open() {
+            return Err((e, false));
+        }
+        let id = self.shared.next_ref.fetch_add(1, Ordering::Relaxed);
+        let frame = self
+            .encode(&ClientMessage::Call { id, body: req })
+            .map_err(|e| (e, false))?;
+        let rx = self
+            .shared
+            .in_flight
+            .register(id, Kind::Call)
+            .map_err(|r| (Error::Closed(r), false))?;
+        let guard = Armed::new(&self.shared.in_flight, id);
+        let mut queued = false;
+        let answer = tokio::time::timeout(timeout, async {
+            self.send_frame(frame).await?;
+            queued = true;
+            Ok(rx.await)
+        })
+        .await;
+        match answer {
+            Err(_elapsed) => Err((Error::Timeout("rpc"), queued)),
+            Ok(Err(e)) => Err((e, false)),
+            Ok(Ok(Ok(outcome))) => {
+                guard.disarm();
+                outcome.map_err(|e| (e, true))
+            }
+            Ok(Ok(Err(_dropped))) => {
+                guard.disarm();
+                Err((Error::Closed(self.reason_now()), true))
+            }
+        }
+    }
+
     /// A `call` or `ping`: register, queue, wait, all under `timeout`.
     async fn ask(
         &self,

@@ -159,6 +159,17 @@ pub enum Error {
     /// file, no certificate in it, an invalid server name, ...
     #[error("configuration error: {0}")]
     Config(String),
+    /// The connection was lost after the call was sent and before its answer came: it may
+    /// or may not have run on the server. A reconnecting channel
+    /// ([`ConnectOptions::reconnect`](crate::ConnectOptions::reconnect)) sends it again
+    /// only when the caller marked it idempotent.
+    #[error(
+        "the connection was lost after {0} was sent: it may or may not have run on the server"
+    )]
+    MaybeRan(&'static str),
+    /// A reconnecting channel's queue of casts made while disconnected is full.
+    #[error("the channel is reconnecting and its queue of {0} casts is full")]
+    CastQueueFull(usize),
 }
 
 /// Renders [`Error::Io`]: the common failures get a hint, the rest the OS's words.

@@ -53,6 +53,7 @@ mod in_flight;
 pub mod login;
 pub mod options;
 pub mod password_file;
+pub mod reconnect;
 mod tls;
 
 use std::time::Duration;
@@ -65,6 +66,7 @@ pub use lib_chan_protocol::message::{ErrorReason, Welcome};
 pub use lib_chan_protocol::{term, Term};
 pub use login::{Ed25519Key, Login};
 pub use options::{ConnectOptions, SessionRequest};
+pub use reconnect::{ChannelEvent, ChannelState, ReconnectPolicy, ReconnectingChannel};
 /// The TLS library this crate uses, for [`ConnectOptions::tls_config`].
 pub use rustls;
 

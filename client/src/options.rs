@@ -77,6 +77,8 @@ pub struct ConnectOptions {
     pub(crate) session: Option<SessionRequest>,
     /// The grace to ask for with a session.
     pub(crate) session_grace: Option<Duration>,
+    /// How [`connect_reconnecting`](ConnectOptions::connect_reconnecting) retries.
+    pub(crate) reconnect: Option<crate::reconnect::ReconnectPolicy>,
     /// The configuration built from `trust`, shared by clones; a setter that changes the
     /// trust replaces it with an empty one.
     built: Arc<OnceLock<Arc<ClientConfig>>>,
@@ -94,6 +96,7 @@ impl Default for ConnectOptions {
             keepalive: None,
             session: None,
             session_grace: None,
+            reconnect: None,
             built: Arc::default(),
         }
     }
@@ -291,6 +294,33 @@ impl ConnectOptions {
     pub fn session_grace(mut self, grace: Duration) -> ConnectOptions {
         self.session_grace = Some(grace);
         self
+    }
+
+    /// How a channel from [`connect_reconnecting`](ConnectOptions::connect_reconnecting)
+    /// retries when its connection is lost (backoff, limits, other addresses, the cast
+    /// queue); [`ReconnectPolicy::default`](crate::ReconnectPolicy) when not set.
+    pub fn reconnect(mut self, policy: crate::reconnect::ReconnectPolicy) -> ConnectOptions {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// Connects as [`connect_with`](ConnectOptions::connect_with) does, and returns a
+    /// channel that survives lost connections: it logs in again with `login` and resumes
+    /// its session (one is asked for unless [`session`](ConnectOptions::session) chose).
+    /// See [`ReconnectingChannel`](crate::ReconnectingChannel).
+    ///
+    /// # Errors
+    /// The first connection's, as [`connect_with`](ConnectOptions::connect_with).
+    pub async fn connect_reconnecting(
+        &self,
+        host: &str,
+        port: u16,
+        service: &str,
+        login: &Login,
+        args: Term,
+    ) -> Result<crate::ReconnectingChannel, Error> {
+        let policy = self.reconnect.clone().unwrap_or_default();
+        crate::ReconnectingChannel::connect(self, policy, host, port, service, login, args).await
     }
 
     /// Connects to `host:port` (a DNS name or an IP address), checks the server's
