@@ -51,6 +51,7 @@ pub mod error;
 mod handshake;
 mod in_flight;
 pub mod login;
+pub mod names;
 pub mod options;
 pub mod password_file;
 pub mod reconnect;
@@ -65,6 +66,7 @@ pub use handshake::{HANDSHAKE_MAX_RECV, MIN_MAX_RECV};
 pub use lib_chan_protocol::message::{ErrorReason, Welcome};
 pub use lib_chan_protocol::{term, Term};
 pub use login::{Ed25519Key, Login};
+pub use names::Names;
 pub use options::{ConnectOptions, SessionRequest};
 pub use reconnect::{ChannelEvent, ChannelState, ReconnectPolicy, ReconnectingChannel};
 /// The TLS library this crate uses, for [`ConnectOptions::tls_config`].
