@@ -317,3 +317,102 @@ async fn it_fails_over_to_the_next_address() {
         seen.push(next_event(&mut events).await);
     }
 }
+
+mod serve_process;
+
+/// `lib_chan serve` on a file store, restarted under a reconnecting client twice (SIGTERM,
+/// then kill -9) behind a proxy that follows it to its new port: the client carries on,
+/// every store it was answered `true` for is there at the end, and its watch resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_carries_on_through_server_restarts_on_a_file_store() {
+    use lib_chan_client::Names;
+    use serve_process::ServeProcess;
+    let (dir, certs) = common::make_certs();
+    let conf = dir.path().join("lib_chan.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port = 0\nbind = \"127.0.0.1\"\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+             [[service]]\nname = \"nameServer\"\npassword = \"{}\"\nhandler = \"mod_name_server\"\n\
+             store = \"file:names.redb\"\n",
+            certs.cert.display(),
+            certs.key.display(),
+            common::password_hash()
+        ),
+    )
+    .unwrap();
+    let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut serve = ServeProcess::start(&conf);
+    let proxy = Proxy::start(at(serve.port)).await;
+    let options = lib_chan_client::ConnectOptions::new()
+        .ca_file(&certs.ca)
+        .reconnect(policy());
+    let login = Login::service_password(PASSWORD);
+    let connect = || {
+        options.connect_reconnecting(
+            "127.0.0.1",
+            proxy.addr.port(),
+            "nameServer",
+            &login,
+            Term::nil(),
+        )
+    };
+    let writer = Names::new(within("connect", connect()).await.unwrap());
+    let watcher = Names::new(within("connect", connect()).await.unwrap());
+    let mut watch = watcher.watch(term!(flag)).await.unwrap();
+
+    // Stores all along; each one answered true is recorded.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let (writer, acked) = (writer.clone(), acked.clone());
+        tokio::spawn(async move {
+            for i in 0..i64::MAX {
+                if writer.store(Term::Int(i), Term::Int(i)).await.is_ok() {
+                    acked.lock().unwrap().push(i);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    for how in ["TERM", "KILL"] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if how == "TERM" {
+            serve.signal("TERM");
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        drop(serve.kill());
+        serve = ServeProcess::start(&conf);
+        proxy.set_target(at(serve.port));
+        proxy.cut();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.abort();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 50,
+        "the client carried on: {} stores",
+        acked.len()
+    );
+    let check = Names::new(
+        within(
+            "connect",
+            lib_chan_client::ConnectOptions::new()
+                .ca_file(&certs.ca)
+                .connect("127.0.0.1", serve.port, "nameServer", PASSWORD, Term::nil()),
+        )
+        .await
+        .unwrap(),
+    );
+    for i in &acked {
+        assert_eq!(
+            check.lookup(Term::Int(*i)).await.unwrap(),
+            Some(Term::Int(*i)),
+            "acknowledged store {i} lost"
+        );
+    }
+    // The watch resumed on the third server.
+    check.store(term!(flag), term!(up)).await.unwrap();
+    let change = within("the watch", watch.next()).await.unwrap();
+    assert_eq!(change.value, Some(term!(up)));
+    drop(dir);
+}
