@@ -90,10 +90,12 @@ async fn iteration(store: &Arc<dyn NameStore>, work: &Arc<Work>, op: Op) {
                         let found = store.lookup(work.keys[i].clone()).await;
                         assert!(found.expect("lookup").is_some(), "key {i} was stored");
                     }
-                    Op::Store => store
-                        .store(work.keys[i].clone(), work.values[i].clone(), None)
-                        .await
-                        .expect("store"),
+                    Op::Store => {
+                        store
+                            .store(work.keys[i].clone(), work.values[i].clone(), None, None)
+                            .await
+                            .expect("store");
+                    }
                 }
             }
         });
