@@ -16,6 +16,12 @@
 //! increasing per key, so each client knows what every key must hold: the last
 //! acknowledged store, or one whose acknowledgement a deliberate disconnect lost.
 //!
+//! By default each client runs on a `ReconnectingChannel` with the typed `Names` client
+//! (`soak_parts/reconnecting.rs`): the channel reconnects and resends by itself, so the
+//! cuts should cause no error at all, and "reconnects" counts its reconnections.
+//! `--plain` runs the older clients instead, which reconnect by hand, close in order or
+//! abandon calls half-way, and pipeline batches of eight.
+//!
 //! At the end every key is read back over a fresh connection and checked, the server's
 //! memory (VmRSS) and open descriptors are compared with the start, the server is sent
 //! SIGTERM and must exit 0, and its log must hold no panic. Exit status 0 means nothing
@@ -36,6 +42,9 @@ use lib_chan_client::{Channel, ConnectOptions, Error, Term};
 use lib_chan_server::auth::hash_password;
 use lib_chan_server::devcert::DevCerts;
 use tokio::net::{TcpListener, TcpStream};
+
+#[path = "soak_parts/reconnecting.rs"]
+mod reconnecting;
 
 const PASSWORD: &str = "soak-password";
 const SERVICE: &str = "nameServer";
@@ -68,6 +77,10 @@ struct Args {
     /// Keep the temporary directory (config, certificates, server log).
     #[arg(long)]
     keep: bool,
+    /// Clients on plain channels that reconnect by hand, instead of the reconnecting
+    /// channel and the typed name client.
+    #[arg(long)]
+    plain: bool,
 }
 
 /// splitmix64: small, good enough for choosing operations.
@@ -651,8 +664,12 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     let before = proc_stats(pid);
     println!(
-        "soak: {} clients for {} min against {} (pid {pid}, store {}), seed {seed}",
-        args.clients, args.minutes, addr, args.store
+        "soak: {} {} clients for {} min against {} (pid {pid}, store {}), seed {seed}",
+        args.clients,
+        if args.plain { "plain" } else { "reconnecting" },
+        args.minutes,
+        addr,
+        args.store
     );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -711,7 +728,11 @@ fn main() -> anyhow::Result<()> {
                 port,
                 cuts,
             };
-            tasks.push(tokio::spawn(client.run(until)));
+            tasks.push(if args.plain {
+                tokio::spawn(client.run(until))
+            } else {
+                tokio::spawn(client.run_reconnecting(until))
+            });
         }
         let mut clients = Vec::new();
         for t in tasks {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Soak test (not part of scripts/test.sh or CI): builds `lib_chan` and the soak driver
-# (examples/soak.rs) in release mode, then runs 32 clients against a real `lib_chan serve`
+# (examples/soak.rs) in release mode, then runs 32 clients (reconnecting channels and the
+# typed name client; --plain for hand-reconnecting ones) against a real `lib_chan serve`
 # for 5 minutes with random disconnects and checks everything at the end.
 #
 #   bash scripts/soak.sh                       # 5 minutes
