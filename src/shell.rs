@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use erl_tokenize::{ErrorKind, Position, Symbol, TokenKind};
-use lib_chan_client::{Channel, CloseReason, Error};
+use lib_chan_client::{
+    Channel, ChannelEvent, CloseReason, Error, ReconnectPolicy, ReconnectingChannel,
+};
 use lib_chan_protocol::Term;
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
@@ -48,6 +50,63 @@ pub(crate) struct ShellArgs {
     login: remote::LoginArgs,
     #[command(flatten)]
     connect: remote::ConnectArgs,
+    /// Survive lost connections and server restarts: log in again (first retry at once,
+    /// then with backoff up to 5 s) and resume the session; calls typed meanwhile wait.
+    #[arg(long)]
+    reconnect: bool,
+}
+
+/// The shell's channel: one connection, or one that reconnects (`--reconnect`).
+#[derive(Clone)]
+enum Conn {
+    Plain(Channel),
+    Reconnecting(ReconnectingChannel),
+}
+
+impl Conn {
+    async fn rpc(&self, t: Term) -> Result<Term, Error> {
+        match self {
+            Conn::Plain(c) => c.rpc(t).await,
+            Conn::Reconnecting(c) => c.rpc(t).await,
+        }
+    }
+
+    async fn cast(&self, t: Term) -> Result<(), Error> {
+        match self {
+            Conn::Plain(c) => c.cast(t).await,
+            Conn::Reconnecting(c) => c.cast(t).await,
+        }
+    }
+
+    async fn recv(&self) -> Option<Term> {
+        match self {
+            Conn::Plain(c) => c.recv().await,
+            Conn::Reconnecting(c) => c.recv().await,
+        }
+    }
+
+    async fn closed(&self) -> CloseReason {
+        match self {
+            Conn::Plain(c) => c.closed().await,
+            Conn::Reconnecting(c) => c.closed().await,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::Plain(c) => c.is_closed(),
+            Conn::Reconnecting(c) => {
+                matches!(c.state(), lib_chan_client::ChannelState::Closed(_))
+            }
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Conn::Plain(c) => c.close().await,
+            Conn::Reconnecting(c) => c.close().await,
+        }
+    }
 }
 
 /// What `help().` prints, and the end of `lib_chan shell --help`.
@@ -77,9 +136,26 @@ pub(crate) fn run(args: &ShellArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let channel = runtime
-        .block_on(opts.connect_with(&host, port, &args.service, &login, Term::nil()))
-        .map_err(|e| remote::connect_error(e, &login))?;
+    let channel = if args.reconnect {
+        let opts = opts.reconnect(ReconnectPolicy::new());
+        Conn::Reconnecting(
+            runtime
+                .block_on(opts.connect_reconnecting(
+                    &host,
+                    port,
+                    &args.service,
+                    &login,
+                    Term::nil(),
+                ))
+                .map_err(|e| remote::connect_error(e, &login))?,
+        )
+    } else {
+        Conn::Plain(
+            runtime
+                .block_on(opts.connect_with(&host, port, &args.service, &login, Term::nil()))
+                .map_err(|e| remote::connect_error(e, &login))?,
+        )
+    };
 
     let interactive = std::io::stdin().is_terminal();
     let config = Config::builder()
@@ -99,6 +175,9 @@ pub(crate) fn run(args: &ShellArgs) -> anyhow::Result<()> {
         Ok(p) => Box::new(p),
         Err(_) => Box::new(StdoutPrinter),
     };
+    if let Conn::Reconnecting(rc) = &channel {
+        runtime.spawn(show_reconnections(rc.events()));
+    }
     let pushes = runtime.spawn(show_pushes(channel.clone(), printer, interactive));
     if interactive {
         println!(
@@ -130,9 +209,29 @@ pub(crate) fn run(args: &ShellArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// With `--reconnect`: says on standard error when the connection is lost and back.
+async fn show_reconnections(mut events: tokio::sync::broadcast::Receiver<ChannelEvent>) {
+    loop {
+        let line = match events.recv().await {
+            Ok(ChannelEvent::Disconnected(reason)) => {
+                format!("** connection lost: {reason}; reconnecting")
+            }
+            Ok(ChannelEvent::ServerShuttingDown) => {
+                "** the server is shutting down; reconnecting".into()
+            }
+            Ok(ChannelEvent::Connected(at)) => format!("** reconnected to {at}"),
+            Ok(ChannelEvent::SessionResumed) => "** session resumed".into(),
+            Ok(ChannelEvent::SessionLost) => "** session lost: what belonged to it is gone".into(),
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        eprintln!("{line}");
+    }
+}
+
 /// Prints each push as it arrives, then why the channel closed if the server closed it.
 async fn show_pushes(
-    channel: Channel,
+    channel: Conn,
     mut printer: Box<dyn ExternalPrinter + Send>,
     interactive: bool,
 ) {
@@ -164,7 +263,7 @@ impl ExternalPrinter for StdoutPrinter {
 
 /// The read-send-print loop.
 struct Shell<'a> {
-    channel: Channel,
+    channel: Conn,
     runtime: &'a tokio::runtime::Runtime,
     interactive: bool,
 }

@@ -166,3 +166,54 @@ fn the_shell_says_when_the_server_closes_the_channel() {
     expect(&mut p, "lib_chan: channel closed");
     assert_eq!(exit_code(&mut p), 1);
 }
+
+#[path = "common/proxy.rs"]
+mod proxy;
+
+#[test]
+fn with_reconnect_the_shell_survives_a_lost_connection() {
+    let rt = runtime();
+    let server = rt.block_on(TestServer::start());
+    let proxy = rt.block_on(proxy::Proxy::start(server.addr));
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lib_chan"));
+    cmd.args([
+        "shell",
+        &format!("127.0.0.1:{}", proxy.addr.port()),
+        "nameServer",
+        "--reconnect",
+    ])
+    .arg("--ca")
+    .arg(&server.certs.ca)
+    .env("LIB_CHAN_PASSWORD", PASSWORD)
+    .env("LIB_CHAN_HOME", home.path())
+    .env_remove("LIB_CHAN_PASSWORD_FILE")
+    .env("TERM", "xterm");
+    let options = Options::new()
+        .timeout_ms(Some(TIMEOUT_MS))
+        .strip_ansi_escape_codes(true);
+    let mut p = rexpect::spawn_with_options(cmd, options).unwrap();
+    expect(&mut p, "1> ");
+    type_keys(&mut p, "{store, joe, 1, #{owner => session}}.\r");
+    expect(&mut p, "true");
+    expect(&mut p, "2> ");
+    rt.block_on(async { proxy.cut() });
+    expect(&mut p, "** connection lost");
+    expect(&mut p, "** session resumed");
+    type_keys(&mut p, "{lookup, joe}.\r");
+    expect(&mut p, "{ok,1}");
+    type_keys(&mut p, "q().\r");
+    assert_eq!(exit_code(&mut p), 0);
+    // q(). closed the channel in order: the session ended, and its name with it.
+    let check = rt.block_on(server.connect("nameServer"));
+    let gone = rt.block_on(within("the session's name goes", async {
+        loop {
+            let r = check.rpc(term!({lookup, joe})).await.unwrap();
+            if r == term!(undefined) {
+                return r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }));
+    assert_eq!(gone, term!(undefined));
+}

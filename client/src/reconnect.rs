@@ -143,6 +143,7 @@ pub enum ChannelState {
 
 /// What happened to a [`ReconnectingChannel`], from [`ReconnectingChannel::events`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ChannelEvent {
     /// Reconnected to `host:port`.
     Connected(String),
