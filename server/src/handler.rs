@@ -97,6 +97,23 @@ pub trait Service: Send + Sync + 'static {
         let _ = id;
     }
 
+    /// A session of this service started, or was resumed, on this server, for `owner`
+    /// (`service_password` or `user:NAME`). A service whose state is shared by several
+    /// channel servers (a name server on Redis) records that this server holds it, so
+    /// that another server may adopt it. The default does nothing.
+    fn session_started(&self, id: &crate::sessions::SessionId, owner: &str) {
+        let _ = (id, owner);
+    }
+
+    /// A client asks to resume session `id`, unknown on this server, as `owner`: a
+    /// service shared with other channel servers answers `true` when one of them started
+    /// it for that owner and it has not ended (it is then held here). `None` (the
+    /// default): no other server's sessions are known.
+    fn adopt_session(&self, id: &crate::sessions::SessionId, owner: &str) -> Option<ReadyFuture> {
+        let _ = (id, owner);
+        None
+    }
+
     /// Counters of its own for the metrics endpoint, as (event, count): rendered as
     /// `lib_chan_service_events_total{service="NAME",event="EVENT"}`.
     fn counters(&self) -> Vec<(&'static str, u64)> {

@@ -331,17 +331,22 @@ where
                             None => true,
                         };
                         let session = match (&session_request, ready) {
-                            (Some(request), true) => Some(state.sessions.open(
-                                &a.entry.config.name,
-                                &a.identity,
-                                &a.entry.service,
-                                request,
-                                grace,
-                                SessionLimits {
-                                    grace_max: state.limits.session_grace_max,
-                                    max_sessions: state.limits.max_sessions,
-                                },
-                            )),
+                            (Some(request), true) => Some(
+                                state
+                                    .sessions
+                                    .open(
+                                        &a.entry.config.name,
+                                        &a.identity,
+                                        &a.entry.service,
+                                        request,
+                                        grace,
+                                        SessionLimits {
+                                            grace_max: state.limits.session_grace_max,
+                                            max_sessions: state.limits.max_sessions,
+                                        },
+                                    )
+                                    .await,
+                            ),
                             _ => None,
                         };
                         match (ready, session) {

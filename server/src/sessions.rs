@@ -145,8 +145,10 @@ impl Sessions {
 
     /// Starts or resumes the session `request` names, for a connection that logged in to
     /// `service` as `identity`; `grace` is what the client asked for, clamped to
-    /// `limits.grace_max` (and that when it asked for none).
-    pub(crate) fn open(
+    /// `limits.grace_max` (and that when it asked for none). An id unknown here may be
+    /// another server's session, which the service can adopt ([`Service::adopt_session`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn open(
         self: &Arc<Self>,
         service: &str,
         identity: &Identity,
@@ -157,40 +159,92 @@ impl Sessions {
     ) -> Result<SessionLease, TooManySessions> {
         let grace = grace.map_or(limits.grace_max, |g| g.min(limits.grace_max));
         let owner = owner_of(identity);
-        let mut table = self.lock();
-        if let SessionRequest::Resume(bytes) = request {
-            if let Some(id) = SessionId::from_bytes(bytes) {
-                if let Some(e) = table.get_mut(&id) {
-                    if e.service == service && e.owner == owner {
-                        e.open += 1;
-                        e.epoch += 1;
-                        e.grace = grace;
+        let wanted = match request {
+            SessionRequest::Resume(bytes) => SessionId::from_bytes(bytes),
+            SessionRequest::New => None,
+        };
+        if let Some(id) = wanted {
+            if let Some(lease) = self.resume_local(id, service, &owner, grace) {
+                // Held here again, should another server have adopted it meanwhile.
+                handler.session_started(&id, &owner);
+                return Ok(lease);
+            }
+            if let Some(adopting) = handler.adopt_session(&id, &owner) {
+                if adopting.await {
+                    let mut table = self.lock();
+                    if let Some(lease) = self.resume_in(&mut table, id, service, &owner, grace) {
+                        return Ok(lease);
+                    }
+                    if !table.contains_key(&id) && table.len() < limits.max_sessions {
+                        table.insert(id, self.entry(service, owner, grace, handler));
+                        tracing::info!(session = %id, service, "session adopted from another server");
                         return Ok(self.lease(id, grace, true));
                     }
                 }
             }
         }
-        if table.len() >= limits.max_sessions {
-            return Err(TooManySessions);
-        }
-        let id = loop {
-            let id = SessionId::random().ok_or(TooManySessions)?;
-            if !table.contains_key(&id) {
-                break id;
+        let id = {
+            let mut table = self.lock();
+            if table.len() >= limits.max_sessions {
+                return Err(TooManySessions);
             }
+            let id = loop {
+                let id = SessionId::random().ok_or(TooManySessions)?;
+                if !table.contains_key(&id) {
+                    break id;
+                }
+            };
+            table.insert(id, self.entry(service, owner.clone(), grace, handler));
+            id
         };
-        table.insert(
-            id,
-            Entry {
-                service: service.to_owned(),
-                owner,
-                grace,
-                open: 1,
-                epoch: 0,
-                handler: Arc::clone(handler),
-            },
-        );
+        handler.session_started(&id, &owner);
         Ok(self.lease(id, grace, false))
+    }
+
+    fn entry(
+        &self,
+        service: &str,
+        owner: String,
+        grace: Duration,
+        handler: &Arc<dyn Service>,
+    ) -> Entry {
+        Entry {
+            service: service.to_owned(),
+            owner,
+            grace,
+            open: 1,
+            epoch: 0,
+            handler: Arc::clone(handler),
+        }
+    }
+
+    fn resume_local(
+        self: &Arc<Self>,
+        id: SessionId,
+        service: &str,
+        owner: &str,
+        grace: Duration,
+    ) -> Option<SessionLease> {
+        let mut table = self.lock();
+        self.resume_in(&mut table, id, service, owner, grace)
+    }
+
+    fn resume_in(
+        self: &Arc<Self>,
+        table: &mut HashMap<SessionId, Entry>,
+        id: SessionId,
+        service: &str,
+        owner: &str,
+        grace: Duration,
+    ) -> Option<SessionLease> {
+        let e = table.get_mut(&id)?;
+        if e.service != service || e.owner != owner {
+            return None;
+        }
+        e.open += 1;
+        e.epoch += 1;
+        e.grace = grace;
+        Some(self.lease(id, grace, true))
     }
 
     fn lease(self: &Arc<Self>, id: SessionId, grace: Duration, resumed: bool) -> SessionLease {
@@ -345,9 +399,16 @@ mod tests {
         let rec = Arc::new(Recorder::default());
         let handler: Arc<dyn Service> = rec.clone();
         let open = |req: &SessionRequest, who: &Identity, grace| {
-            sessions
-                .open("names", who, &handler, req, grace, limits(10))
-                .unwrap()
+            futures_util::FutureExt::now_or_never(sessions.open(
+                "names",
+                who,
+                &handler,
+                req,
+                grace,
+                limits(10),
+            ))
+            .expect("no adoption to wait for")
+            .unwrap()
         };
         let alice = user("alice");
         let first = open(&SessionRequest::New, &alice, Some(Duration::from_secs(60)));
@@ -384,6 +445,7 @@ mod tests {
                 None,
                 limits(10),
             )
+            .await
             .unwrap();
         assert!(!pw.resumed());
         let junk = open(&SessionRequest::Resume(b"nonsense".to_vec()), &alice, None);
@@ -419,8 +481,8 @@ mod tests {
                 limits(2),
             )
         };
-        let (a, b) = (new().unwrap(), new().unwrap());
-        assert!(new().is_err());
+        let (a, b) = (new().await.unwrap(), new().await.unwrap());
+        assert!(new().await.is_err());
         // A resume of a live one is still fine at the bound.
         let again = sessions
             .open(
@@ -431,6 +493,7 @@ mod tests {
                 None,
                 limits(2),
             )
+            .await
             .unwrap();
         assert!(again.resumed());
         drop((a, b, again));

@@ -46,6 +46,7 @@
 //! its `{send, Answer}` keeps its place among the handler's pushes.
 
 pub mod file_store;
+pub mod redis_sessions;
 pub mod redis_store;
 pub mod revision;
 pub mod store;
@@ -607,12 +608,26 @@ impl Service for NameServer {
     }
 
     /// A session ended: its `#{owner => session}` names go (each a change its watchers
-    /// hear of), placed now and taking effect without being awaited.
+    /// hear of), placed now and taking effect without being awaited. On a store shared
+    /// with other servers, not if one of them holds the session now.
     fn session_ended(&self, id: &SessionId) {
         let keys = self.session_names.take(id);
-        if !keys.is_empty() {
-            drop(self.space.release(id.owner_key(), keys));
-        }
+        let key = store::SessionKey::new(id, "");
+        drop(self.space.store.end_session(&key, keys));
+    }
+
+    fn session_started(&self, id: &SessionId, owner: &str) {
+        self.space
+            .store
+            .session_started(&store::SessionKey::new(id, owner));
+    }
+
+    fn adopt_session(&self, id: &SessionId, owner: &str) -> Option<lib_chan_server::ReadyFuture> {
+        let adopting = self
+            .space
+            .store
+            .adopt_session(&store::SessionKey::new(id, owner));
+        Some(Box::pin(adopting.map(|r| r.unwrap_or(false))))
     }
 
     fn start(self: Arc<Self>, mut session: Session) -> HandlerFuture {

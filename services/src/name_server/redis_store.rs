@@ -62,8 +62,11 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::redis_sessions::{self, RedisSessions};
 use super::revision::{KeyState, Written, MAX_TOMBSTONES};
-use super::store::{change, redact, value_of, NameStore, Owner, StoreError, StoreFuture, Watchers};
+use super::store::{
+    change, redact, value_of, NameStore, Owner, SessionKey, StoreError, StoreFuture, Watchers,
+};
 
 /// How long an owner-bound name outlives the last refresh by its server.
 pub const OWNER_TTL: Duration = Duration::from_secs(10);
@@ -103,8 +106,9 @@ local function bury(rev, max)
 end
 ";
 
-/// Stores a name. ARGV: key, value, owner ('' if none), TTL in ms, channel, message,
-/// condition ('' if none). Returns `{1, Rev}`, or the conflict `{0, ModRev[, Value]}`.
+/// Stores a name. ARGV: key, value, owner ('' if none), TTL in ms ('0': none, for a
+/// session's name), channel, message, condition ('' if none), the session's names set
+/// ('' if not a session's name). Returns `{1, Rev}`, or the conflict `{0, ModRev[, Value]}`.
 const STORE: &str = r"
 local conflict = check(ARGV[7])
 if conflict then return conflict end
@@ -114,7 +118,8 @@ if ARGV[3] == '' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'r', rev)
 else
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'r', rev, 'o', ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  if ARGV[4] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+  if ARGV[8] ~= '' then redis.call('SADD', ARGV[8], KEYS[1]) end
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('PUBLISH', ARGV[5], rev .. ':' .. ARGV[6])
@@ -165,7 +170,7 @@ end
 return 0
 ";
 
-enum Op {
+pub(super) enum Op {
     Cmd {
         cmd: redis::Cmd,
         answer: oneshot::Sender<Result<Value, StoreError>>,
@@ -197,6 +202,8 @@ pub struct RedisStore {
     owned: OwnedNames,
     generation: std::sync::atomic::AtomicU64,
     subscribed: watch::Receiver<bool>,
+    /// Sessions shared through this Redis.
+    sessions: Arc<RedisSessions>,
     /// Dropped with the store: the background tasks see it and end.
     _stop: watch::Sender<()>,
 }
@@ -296,14 +303,33 @@ impl RedisStore {
             stopped.clone(),
             shown.clone(),
         ));
+        let instance = instance_id();
+        let (meta, tombs) = (
+            format!("lib_chan:meta:{service}"),
+            format!("lib_chan:tombs:{service}"),
+        );
+        let sessions = Arc::new(RedisSessions::new(
+            service,
+            &instance,
+            &channel,
+            &meta,
+            &tombs,
+            prefix.len(),
+            ops.clone(),
+        ));
+        runtime.spawn(redis_sessions::maintain(
+            Arc::clone(&sessions),
+            stopped.clone(),
+        ));
         runtime.spawn(refresh(ops.clone(), Arc::clone(&owned), stopped));
         Ok(RedisStore {
             shown,
-            meta: format!("lib_chan:meta:{service}"),
-            tombs: format!("lib_chan:tombs:{service}"),
+            meta,
+            tombs,
             prefix,
             channel,
-            instance: instance_id(),
+            instance,
+            sessions,
             ops,
             owned,
             generation: Default::default(),
@@ -421,8 +447,19 @@ impl NameStore for RedisStore {
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return failed(e),
         };
         let rkey = self.redis_key(&k);
-        let tag = owner.map(|o| self.owner_tag(o)).unwrap_or_default();
-        if owner.is_some() {
+        // A session's name (its owner key has the top bit set) lives as long as its
+        // session, recorded with it, with no TTL of its own.
+        let session_owner = owner.filter(|o| o >> 63 == 1);
+        let (tag, ttl, names_set) = match (owner, session_owner) {
+            (Some(o), Some(_)) => (RedisSessions::tag(o), 0, self.sessions.names_set(o)),
+            (Some(o), None) => (
+                self.owner_tag(o),
+                OWNER_TTL.as_millis() as u64,
+                String::new(),
+            ),
+            (None, _) => (String::new(), 0, String::new()),
+        };
+        if owner.is_some() && session_owner.is_none() {
             // Refreshed from now on; a conditional store that loses is found not ours
             // by the next refresh and forgotten.
             let generation = self
@@ -436,10 +473,11 @@ impl NameStore for RedisStore {
         let mut cmd = self.script(STORE, &k);
         cmd.arg(v)
             .arg(tag)
-            .arg(OWNER_TTL.as_millis() as u64)
+            .arg(ttl)
             .arg(&self.channel)
             .arg(msg)
-            .arg(cond_arg(if_revision));
+            .arg(cond_arg(if_revision))
+            .arg(names_set);
         self.call(cmd, written)
     }
 
@@ -547,6 +585,19 @@ impl NameStore for RedisStore {
             }
             result
         })
+    }
+
+    fn session_started(&self, session: &SessionKey) {
+        self.sessions.started(session);
+    }
+
+    fn adopt_session(&self, session: &SessionKey) -> StoreFuture<bool> {
+        self.sessions.adopt(session)
+    }
+
+    fn end_session(&self, session: &SessionKey, _keys: Vec<Term>) -> StoreFuture<()> {
+        // Redis knows every name of the session, whichever server stored it.
+        self.sessions.end(session)
     }
 
     fn ready_to_watch(&self) -> StoreFuture<()> {

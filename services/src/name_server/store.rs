@@ -167,6 +167,53 @@ pub trait NameStore: Send + Sync + fmt::Debug + 'static {
     fn ready_to_watch(&self) -> StoreFuture<()> {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// A session started on this server (PROTOCOL.md 8). A store shared by several
+    /// servers records it, so that another may adopt it. The default does nothing.
+    fn session_started(&self, session: &SessionKey) {
+        let _ = session;
+    }
+
+    /// Another server's session is resumed here: `true` when the store knows it for
+    /// `session.owner` and it has not ended (from then on this server holds it). The
+    /// default: no other server's sessions are known.
+    fn adopt_session(&self, session: &SessionKey) -> StoreFuture<bool> {
+        let _ = session;
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// The session ended on this server: its `#{owner => session}` names go (`keys`, and
+    /// for a shared store every name recorded with it), each a change with a revision,
+    /// unless another server holds the session now. The default releases `keys`.
+    fn end_session(&self, session: &SessionKey, keys: Vec<Term>) -> StoreFuture<()> {
+        if keys.is_empty() {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        self.release(session.owner_key, keys)
+    }
+}
+
+/// A session as the stores see it.
+#[derive(Debug, Clone)]
+pub struct SessionKey {
+    /// The full id, in hex (what proves a resume elsewhere is of this session).
+    pub id_hex: String,
+    /// [`SessionId::owner_key`](lib_chan_server::SessionId::owner_key): what its names
+    /// are bound to.
+    pub owner_key: Owner,
+    /// Who may resume it: `service_password` or `user:NAME`.
+    pub owner: String,
+}
+
+impl SessionKey {
+    /// The key of session `id`, belonging to `owner`.
+    pub fn new(id: &lib_chan_server::SessionId, owner: &str) -> SessionKey {
+        SessionKey {
+            id_hex: id.as_bytes().iter().map(|b| format!("{b:02x}")).collect(),
+            owner_key: id.owner_key(),
+            owner: owner.to_owned(),
+        }
+    }
 }
 
 /// `{ok, V}` or `undefined`.
