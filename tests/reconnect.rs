@@ -237,13 +237,14 @@ async fn a_refused_login_ends_it_for_good() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_back_off_while_the_server_is_down_and_all_come_back() {
+    const CLIENTS: usize = 100;
     let server = server(Duration::from_secs(10)).await;
     let proxy = Proxy::start(server.addr).await;
     let policy = ReconnectPolicy::new()
         .base_delay(Duration::from_millis(100))
         .max_delay(Duration::from_secs(1));
     let mut clients = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..CLIENTS {
         clients.push(reconnecting(&server, proxy.addr.port(), "nameServer", policy.clone()).await);
     }
     proxy.refuse(true);
@@ -251,28 +252,72 @@ async fn many_clients_back_off_while_the_server_is_down_and_all_come_back() {
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let first_two_s = proxy.attempts() - before;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let third_s = proxy.attempts() - before - first_two_s;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let next_three_s = proxy.attempts() - before - first_two_s;
     // Full jitter: delays drawn up to 0.1, 0.2, 0.4, 0.8, then 1 s: about 8 tries per
-    // client in the first 2 s, about 2 per second after; a tight loop (a try takes about
-    // a millisecond here) would be thousands.
+    // client in the first 2 s, about 2 a second after; a tight loop (a try takes about a
+    // millisecond here) would be thousands per client.
     eprintln!(
-        "20 clients, server down: {first_two_s} attempts in 2 s, {third_s} in the next second"
+        "{CLIENTS} clients, server down 5 s: {first_two_s} attempts in the first 2 s, {next_three_s} in the next 3 s"
     );
-    assert!(first_two_s >= 20, "every client tried: {first_two_s}");
-    assert!(first_two_s <= 20 * 15, "no tight loop: {first_two_s}");
-    assert!(third_s <= 20 * 5, "spread out once at the cap: {third_s}");
+    assert!(first_two_s >= CLIENTS, "every client tried: {first_two_s}");
+    assert!(first_two_s <= CLIENTS * 15, "no tight loop: {first_two_s}");
+    assert!(
+        next_three_s <= CLIENTS * 12,
+        "spread out at the cap: {next_three_s}"
+    );
     proxy.refuse(false);
     let back = Instant::now();
     for c in &clients {
         wait_state(c, |s| matches!(s, ChannelState::Connected { .. })).await;
     }
     let all_back = back.elapsed();
-    eprintln!("all 20 back {all_back:?} after the server");
-    assert!(all_back < Duration::from_secs(3), "{all_back:?}");
+    eprintln!("all {CLIENTS} back {all_back:?} after the server");
+    assert!(all_back < Duration::from_secs(4), "{all_back:?}");
     for c in &clients {
         assert_eq!(rpc(c, "{lookup, nobody}").await, term!(undefined));
     }
+}
+
+#[tokio::test]
+async fn a_half_open_connection_is_found_by_keepalive_and_replaced() {
+    let server = server(Duration::from_secs(5)).await;
+    let proxy = Proxy::start(server.addr).await;
+    let rc = within(
+        "connect",
+        server
+            .options()
+            .keepalive(Duration::from_millis(300))
+            .reconnect(policy())
+            .connect_reconnecting(
+                "127.0.0.1",
+                proxy.addr.port(),
+                "nameServer",
+                &Login::service_password(PASSWORD),
+                Term::nil(),
+            ),
+    )
+    .await
+    .unwrap();
+    let mut events = rc.events();
+    assert_eq!(
+        rpc(&rc, "{store, k, 1, #{owner => session}}").await,
+        term!(true)
+    );
+    // The route is lost: the connection stays open and carries nothing.
+    proxy.freeze();
+    let started = Instant::now();
+    let answer = within("lookup", rc.rpc_idempotent(term!({lookup, k})))
+        .await
+        .unwrap();
+    assert_eq!(answer, term!({ok, 1}), "the session's name was kept");
+    let took = started.elapsed();
+    match next_event(&mut events).await {
+        ChannelEvent::Disconnected(lib_chan_client::CloseReason::KeepaliveTimeout { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    eprintln!("half-open connection replaced in {took:?}");
+    assert!(took >= Duration::from_millis(250), "{took:?}");
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! A TCP proxy on 127.0.0.1 for tests of lost connections: it forwards to a target that
-//! can be changed, cuts every connection on demand, and can refuse new ones for a while
-//! (accepting and closing them at once, as a server that is down behind a load balancer
-//! looks), counting the attempts.
+//! can be changed, cuts every connection on demand, freezes the open ones (they stay open
+//! and carry nothing: a half-open connection, as after a lost route), and can refuse new
+//! ones for a while (accepting and closing them at once, as a server that is down behind
+//! a load balancer looks), counting the attempts.
 //!
 //! Include it with `#[path = "common/proxy.rs"] mod proxy;`.
 
@@ -22,6 +23,7 @@ pub struct Proxy {
     refusing: Arc<AtomicBool>,
     attempts: Arc<AtomicUsize>,
     cut: broadcast::Sender<()>,
+    freeze: broadcast::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -34,12 +36,14 @@ impl Proxy {
         let refusing = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(AtomicUsize::new(0));
         let (cut, _) = broadcast::channel(4);
+        let (freeze, _) = broadcast::channel(4);
         let task = {
-            let (target, refusing, attempts, cut) = (
+            let (target, refusing, attempts, cut, freeze) = (
                 target.clone(),
                 refusing.clone(),
                 attempts.clone(),
                 cut.clone(),
+                freeze.clone(),
             );
             tokio::spawn(async move {
                 loop {
@@ -53,6 +57,7 @@ impl Proxy {
                     }
                     let to = *target.lock().unwrap();
                     let mut cut = cut.subscribe();
+                    let mut freeze = freeze.subscribe();
                     tokio::spawn(async move {
                         let Ok(server) = TcpStream::connect(to).await else {
                             return;
@@ -61,6 +66,10 @@ impl Proxy {
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                             _ = cut.recv() => {}
+                            _ = freeze.recv() => {
+                                // Open, silent, until cut.
+                                let _ = cut.recv().await;
+                            }
                         }
                     });
                 }
@@ -72,6 +81,7 @@ impl Proxy {
             refusing,
             attempts,
             cut,
+            freeze,
             task,
         }
     }
@@ -79,6 +89,12 @@ impl Proxy {
     /// Cuts every connection now (both sockets closed, no goodbye).
     pub fn cut(&self) {
         let _ = self.cut.send(());
+    }
+
+    /// The open connections stop carrying anything, in both directions, and stay open
+    /// (until [`cut`](Self::cut)); new ones are forwarded as before.
+    pub fn freeze(&self) {
+        let _ = self.freeze.send(());
     }
 
     /// While `on`, new connections are accepted and closed at once.
