@@ -28,9 +28,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use erl_tokenize::{ErrorKind, Position, Symbol, TokenKind};
-use lib_chan_client::{
-    Channel, ChannelEvent, CloseReason, Error, ReconnectPolicy, ReconnectingChannel,
-};
+use lib_chan_client::names::Link;
+use lib_chan_client::{ChannelEvent, CloseReason, Error, ReconnectPolicy};
 use lib_chan_protocol::Term;
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
@@ -57,57 +56,7 @@ pub(crate) struct ShellArgs {
 }
 
 /// The shell's channel: one connection, or one that reconnects (`--reconnect`).
-#[derive(Clone)]
-enum Conn {
-    Plain(Channel),
-    Reconnecting(ReconnectingChannel),
-}
-
-impl Conn {
-    async fn rpc(&self, t: Term) -> Result<Term, Error> {
-        match self {
-            Conn::Plain(c) => c.rpc(t).await,
-            Conn::Reconnecting(c) => c.rpc(t).await,
-        }
-    }
-
-    async fn cast(&self, t: Term) -> Result<(), Error> {
-        match self {
-            Conn::Plain(c) => c.cast(t).await,
-            Conn::Reconnecting(c) => c.cast(t).await,
-        }
-    }
-
-    async fn recv(&self) -> Option<Term> {
-        match self {
-            Conn::Plain(c) => c.recv().await,
-            Conn::Reconnecting(c) => c.recv().await,
-        }
-    }
-
-    async fn closed(&self) -> CloseReason {
-        match self {
-            Conn::Plain(c) => c.closed().await,
-            Conn::Reconnecting(c) => c.closed().await,
-        }
-    }
-
-    fn is_closed(&self) -> bool {
-        match self {
-            Conn::Plain(c) => c.is_closed(),
-            Conn::Reconnecting(c) => {
-                matches!(c.state(), lib_chan_client::ChannelState::Closed(_))
-            }
-        }
-    }
-
-    async fn close(&self) {
-        match self {
-            Conn::Plain(c) => c.close().await,
-            Conn::Reconnecting(c) => c.close().await,
-        }
-    }
-}
+type Conn = Link;
 
 /// What `help().` prints, and the end of `lib_chan shell --help`.
 const HELP: &str = "\
@@ -138,7 +87,7 @@ pub(crate) fn run(args: &ShellArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let channel = if args.reconnect {
         let opts = opts.reconnect(ReconnectPolicy::new());
-        Conn::Reconnecting(
+        Link::Reconnecting(
             runtime
                 .block_on(opts.connect_reconnecting(
                     &host,
@@ -150,7 +99,7 @@ pub(crate) fn run(args: &ShellArgs) -> anyhow::Result<()> {
                 .map_err(|e| remote::connect_error(e, &login))?,
         )
     } else {
-        Conn::Plain(
+        Link::Plain(
             runtime
                 .block_on(opts.connect_with(&host, port, &args.service, &login, Term::nil()))
                 .map_err(|e| remote::connect_error(e, &login))?,
@@ -175,7 +124,7 @@ pub(crate) fn run(args: &ShellArgs) -> anyhow::Result<()> {
         Ok(p) => Box::new(p),
         Err(_) => Box::new(StdoutPrinter),
     };
-    if let Conn::Reconnecting(rc) = &channel {
+    if let Link::Reconnecting(rc) = &channel {
         runtime.spawn(show_reconnections(rc.events()));
     }
     let pushes = runtime.spawn(show_pushes(channel.clone(), printer, interactive));

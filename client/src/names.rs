@@ -41,8 +41,13 @@ impl From<ReconnectingChannel> for Link {
     }
 }
 
+/// Either kind of channel, for code that serves both (the typed client, `lib_chan shell`).
 impl Link {
-    async fn rpc(&self, req: Term) -> Result<Term, Error> {
+    /// [`Channel::rpc`] or [`ReconnectingChannel::rpc`].
+    ///
+    /// # Errors
+    /// As theirs.
+    pub async fn rpc(&self, req: Term) -> Result<Term, Error> {
         match self {
             Link::Plain(c) => c.rpc(req).await,
             Link::Reconnecting(c) => c.rpc(req).await,
@@ -50,17 +55,56 @@ impl Link {
     }
 
     /// For requests safe to repeat: sent again after a reconnection.
-    async fn rpc_idempotent(&self, req: Term) -> Result<Term, Error> {
+    ///
+    /// # Errors
+    /// As [`rpc`](Self::rpc).
+    pub async fn rpc_idempotent(&self, req: Term) -> Result<Term, Error> {
         match self {
             Link::Plain(c) => c.rpc(req).await,
             Link::Reconnecting(c) => c.rpc_idempotent(req).await,
         }
     }
 
-    async fn recv(&self) -> Option<Term> {
+    /// [`Channel::cast`] or [`ReconnectingChannel::cast`].
+    ///
+    /// # Errors
+    /// As theirs.
+    pub async fn cast(&self, msg: Term) -> Result<(), Error> {
+        match self {
+            Link::Plain(c) => c.cast(msg).await,
+            Link::Reconnecting(c) => c.cast(msg).await,
+        }
+    }
+
+    /// The next push.
+    pub async fn recv(&self) -> Option<Term> {
         match self {
             Link::Plain(c) => c.recv().await,
             Link::Reconnecting(c) => c.recv().await,
+        }
+    }
+
+    /// Resolves when it has ended for good.
+    pub async fn closed(&self) -> crate::CloseReason {
+        match self {
+            Link::Plain(c) => c.closed().await,
+            Link::Reconnecting(c) => c.closed().await,
+        }
+    }
+
+    /// True once it has ended for good (or is closing).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Link::Plain(c) => c.is_closed(),
+            Link::Reconnecting(c) => matches!(c.state(), crate::ChannelState::Closed(_)),
+        }
+    }
+
+    /// Closes it in order.
+    pub async fn close(&self) {
+        match self {
+            Link::Plain(c) => c.close().await,
+            Link::Reconnecting(c) => c.close().await,
         }
     }
 }

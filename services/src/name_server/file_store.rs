@@ -408,6 +408,21 @@ fn key_state<T: ReadableTable<&'static [u8], &'static [u8]>>(
     })
 }
 
+/// The key's state when `#{if_revision => cond}` does not admit a change to it, inside a
+/// write transaction.
+fn refused<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    path: &Path,
+    tables: [&T; 2],
+    tombs: &Tombs<'_>,
+    meta: &impl ReadableTable<&'static str, u64>,
+    key: &[u8],
+    cond: u64,
+) -> Result<Option<KeyState>, redb::Error> {
+    let state = key_state(path, tables, &tombs.by_key, meta, key)
+        .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
+    Ok((!state.admits(cond)).then_some(state))
+}
+
 impl NameStore for FileStore {
     fn store(
         &self,
@@ -603,16 +618,15 @@ impl Writer {
                         if_revision,
                     } => {
                         let k = key.bytes.as_slice();
-                        if let Some(cond) = if_revision {
-                            let state =
-                                key_state(&self.path, [&owned, &names], &tombs.by_key, &meta, k)
-                                    .map_err(|e| {
-                                        redb::Error::Io(std::io::Error::other(e.to_string()))
-                                    })?;
-                            if !state.admits(*cond) {
-                                applied.results.push(Written::Conflict(state));
-                                continue;
+                        let conflict = match if_revision {
+                            Some(cond) => {
+                                refused(&self.path, [&owned, &names], &tombs, &meta, k, *cond)?
                             }
+                            None => None,
+                        };
+                        if let Some(state) = conflict {
+                            applied.results.push(Written::Conflict(state));
+                            continue;
                         }
                         applied.revision += 1;
                         let v = stored(applied.revision, &value.bytes);
@@ -638,16 +652,15 @@ impl Writer {
                     }
                     Write::Delete { key, if_revision } => {
                         let k = key.bytes.as_slice();
-                        if let Some(cond) = if_revision {
-                            let state =
-                                key_state(&self.path, [&owned, &names], &tombs.by_key, &meta, k)
-                                    .map_err(|e| {
-                                        redb::Error::Io(std::io::Error::other(e.to_string()))
-                                    })?;
-                            if !state.admits(*cond) {
-                                applied.results.push(Written::Conflict(state));
-                                continue;
+                        let conflict = match if_revision {
+                            Some(cond) => {
+                                refused(&self.path, [&owned, &names], &tombs, &meta, k, *cond)?
                             }
+                            None => None,
+                        };
+                        if let Some(state) = conflict {
+                            applied.results.push(Written::Conflict(state));
+                            continue;
                         }
                         let was_plain = names.remove(k)?.is_some();
                         let was_owned = owned.remove(k)?.is_some();

@@ -221,41 +221,31 @@ impl RedisSessions {
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err(gone())) })
     }
 
+    /// The arguments of [`START`] and [`ADOPT`].
+    fn hold_args(&self, hex: &str, s: &SessionKey) -> Vec<Vec<u8>> {
+        let ttl = OWNER_TTL.as_millis().to_string();
+        strings(&[
+            &self.hash(hex),
+            &self.zset(),
+            hex,
+            &s.id_hex,
+            &s.owner,
+            &self.instance,
+            &ttl,
+        ])
+    }
+
     /// A session started here.
     pub(super) fn started(&self, s: &SessionKey) {
         let hex = Self::hex(s.owner_key);
         self.held().insert(hex.clone());
-        let ttl = OWNER_TTL.as_millis() as u64;
-        drop(self.eval(
-            START,
-            strings(&[
-                &self.hash(&hex),
-                &self.zset(),
-                &hex,
-                &s.id_hex,
-                &s.owner,
-                &self.instance,
-                &ttl.to_string(),
-            ]),
-        ));
+        drop(self.eval(START, self.hold_args(&hex, s)));
     }
 
     /// Adopts another server's session.
     pub(super) fn adopt(self: &Arc<Self>, s: &SessionKey) -> StoreFuture<bool> {
         let hex = Self::hex(s.owner_key);
-        let ttl = OWNER_TTL.as_millis() as u64;
-        let pending = self.eval(
-            ADOPT,
-            strings(&[
-                &self.hash(&hex),
-                &self.zset(),
-                &hex,
-                &s.id_hex,
-                &s.owner,
-                &self.instance,
-                &ttl.to_string(),
-            ]),
-        );
+        let pending = self.eval(ADOPT, self.hold_args(&hex, s));
         let me = Arc::clone(self);
         Box::pin(async move {
             let adopted = matches!(pending.await?, Value::Int(1));
