@@ -2,7 +2,8 @@
 //! resumes on another server with its session and its `#{owner => session}` names, which
 //! the first server's grace then does not remove; `close` on the second ends it; and when
 //! the server holding a session is killed (-9), the others end the session once its
-//! deadline passes, removing its names with a push to their watchers (no silent expiry).
+//! deadline passes, removing its names with a push to their watchers (no silent expiry);
+//! and the reconnecting client fails over between them keeping its session.
 
 mod common;
 #[path = "common/redis_server.rs"]
@@ -188,4 +189,89 @@ async fn the_sessions_of_a_killed_server_end_with_their_names_and_watchers_hear(
         term!(undefined)
     );
     drop(peer);
+}
+
+#[path = "common/proxy.rs"]
+mod proxy;
+
+/// The reconnecting client fails over from one server to the other on the same Redis and
+/// resumes its session there: its session names survive the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconnecting_client_fails_over_and_keeps_its_session() {
+    use lib_chan_client::{ChannelEvent, ChannelState, Login, ReconnectPolicy};
+    let redis = RedisServer::start();
+    let url = redis.url(6);
+    let (_dir, certs) = common::make_certs();
+    let one = server(&certs, &url, Duration::from_secs(3)).await;
+    let two = server(&certs, &url, Duration::from_secs(3)).await;
+    let proxy = proxy::Proxy::start(one.addr).await;
+    let policy = ReconnectPolicy::new()
+        .base_delay(Duration::from_millis(50))
+        .max_delay(Duration::from_millis(300))
+        .addresses([format!("127.0.0.1:{}", two.addr.port())])
+        .unwrap();
+    let rc = within(
+        "connect",
+        lib_chan_client::ConnectOptions::new()
+            .ca_file(&certs.ca)
+            .reconnect(policy)
+            .connect_reconnecting(
+                "127.0.0.1",
+                proxy.addr.port(),
+                "nameServer",
+                &Login::service_password(PASSWORD),
+                Term::nil(),
+            ),
+    )
+    .await
+    .unwrap();
+    let session = rc.session_id().unwrap();
+    let mut events = rc.events();
+    assert_eq!(
+        within(
+            "store",
+            rc.rpc(parse("{store, lease, mine, #{owner => session}}").unwrap())
+        )
+        .await
+        .unwrap(),
+        term!(true)
+    );
+    let watcher = channel(two.addr, &certs.ca).await;
+    assert_eq!(
+        within("watch", watcher.rpc(term!({watch, lease})))
+            .await
+            .unwrap(),
+        term!(true)
+    );
+    // The first server becomes unreachable for good.
+    proxy.refuse(true);
+    proxy.cut();
+    within("failed over", async {
+        while !matches!(rc.state(), ChannelState::Connected { ref address } if address.ends_with(&two.addr.port().to_string()))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e| matches!(e, ChannelEvent::Connected(_))) {
+        seen.push(within("an event", events.recv()).await.unwrap());
+    }
+    assert!(seen.contains(&ChannelEvent::SessionResumed), "{seen:?}");
+    assert_eq!(rc.session_id(), Some(session));
+    // Past the first server's grace, the name is still there and no watcher was told.
+    assert!(tokio::time::timeout(Duration::from_secs(4), watcher.recv())
+        .await
+        .is_err());
+    assert_eq!(
+        within("lookup", rc.rpc(term!({lookup, lease})))
+            .await
+            .unwrap(),
+        term!({ok, mine})
+    );
+    rc.close().await;
+    assert_eq!(
+        within("the removal", watcher.recv()).await.unwrap(),
+        term!({changed, lease, undefined})
+    );
 }
