@@ -18,6 +18,10 @@ fi
 if ! command -v ip >/dev/null && [ ! -x /usr/sbin/ip ] && [ ! -x /sbin/ip ]; then
   need+=(iproute2)
 fi
+# tests/manuals.rs renders the generated man pages with man(1).
+if ! command -v man >/dev/null; then
+  need+=(man-db)
+fi
 # tests/packaging.rs checks the systemd unit with systemd-analyze.
 if ! command -v systemd-analyze >/dev/null; then
   need+=(systemd)

@@ -4,7 +4,8 @@
 //! Each subcommand lives in its own module: [`serve`] (the server, with a working
 //! default), [`admin`] (gen-cert, hash-password, check-config), [`remote`] (rpc,
 //! cast, call and ping, the client side), [`shell`] (an interactive session) and
-//! [`console`] (`admin HOST:PORT VERB`, the operator's console);
+//! [`console`] (`admin HOST:PORT VERB`, the operator's console), [`manuals`]
+//! (completions and man pages);
 //! [`hangup`] reloads `serve`'s config on SIGHUP.
 
 mod admin;
@@ -13,6 +14,7 @@ mod console;
 mod hangup;
 mod import_conf;
 mod login;
+mod manuals;
 mod remote;
 mod serve;
 mod shell;
@@ -86,6 +88,17 @@ enum Command {
     /// (info, connections, denials, penalties, stats, top) or act on it (kick,
     /// kick-user, unblock, reload).
     Admin(console::AdminArgs),
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
+    /// `lib_chan completions bash > /etc/bash_completion.d/lib_chan`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (lib_chan.1 and one per subcommand) into DIR.
+    Man {
+        /// Where to write them, e.g. /usr/local/share/man/man1.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -104,6 +117,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::ImportConf { file } => import_conf::run(&file),
         Command::Admin(args) => return console::run(&args),
+        Command::Completions { shell } => manuals::completions::<Cli>(shell),
+        Command::Man { dir } => manuals::man::<Cli>(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
