@@ -1,8 +1,11 @@
 //! The Prometheus endpoint (`[metrics] listen`), scraped over plain HTTP after a session:
 //! connections by service, auth results, close reasons, calls and their latency
-//! histogram, bytes in and out all move as the session says they should.
+//! histogram, bytes in and out all move as the session says they should; `/healthz` and
+//! `/readyz` follow the process and its store.
 
 mod common;
+#[path = "common/redis_server.rs"]
+mod redis_server;
 
 use std::time::Duration;
 
@@ -130,4 +133,47 @@ async fn there_is_no_endpoint_unless_configured() {
     assert!(handle
         .metrics_text()
         .contains("lib_chan_calls_total{service=\"echo\"} 1\n"));
+}
+
+/// `GET PATH` on the metrics listener: (status line, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within("GET", async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn healthz_and_readyz_follow_the_store() {
+    let redis = redis_server::RedisServer::start();
+    let url = redis.url(7);
+    let server = TestServer::start_with(move |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.services[0].options.store = Some(url);
+    })
+    .await;
+    let addr = server.handle.as_ref().unwrap().metrics_addr().unwrap();
+    assert_eq!(
+        http_get(addr, "/healthz").await,
+        ("HTTP/1.1 200 OK".into(), "ok\n".into())
+    );
+    assert_eq!(
+        http_get(addr, "/readyz").await,
+        ("HTTP/1.1 200 OK".into(), "ready\n".into())
+    );
+    // Redis goes away: the process is still alive, but not ready, and says why.
+    drop(redis);
+    let (status, body) = http_get(addr, "/readyz").await;
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
+    assert!(body.contains("service nameServer"), "{body}");
+    assert_eq!(http_get(addr, "/healthz").await.0, "HTTP/1.1 200 OK");
 }

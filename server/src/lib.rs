@@ -56,6 +56,7 @@ pub mod connections;
 pub mod devcert;
 pub mod handler;
 mod handshake;
+mod health;
 mod login;
 pub mod metrics;
 mod middle_man;

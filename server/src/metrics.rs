@@ -11,7 +11,8 @@
 //! The endpoint is a small hand-written HTTP/1.1 responder on tokio: one request per
 //! connection, the request head bounded to [`MAX_REQUEST`] bytes and the whole exchange
 //! to [`REQUEST_TIMEOUT`], at most [`MAX_SCRAPERS`] at once; `GET /metrics` is answered,
-//! any other path 404, any other method 405. It has no authentication: bind it to a
+//! and `/healthz` and `/readyz` (the `health` module), any other path 404, any other
+//! method 405. It has no authentication: bind it to a
 //! loopback or otherwise private address.
 
 use std::collections::BTreeMap;
@@ -391,11 +392,20 @@ fn escape(value: &str) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+/// What `/readyz` asks: the problems that keep the server from being ready (none: ready).
+pub(crate) type ReadyCheck = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` is
+/// cancelled.
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     stats: Arc<Stats>,
+    ready: ReadyCheck,
     shutdown: CancellationToken,
 ) {
     let scrapers = Arc::new(Semaphore::new(MAX_SCRAPERS));
@@ -417,11 +427,12 @@ pub(crate) async fn serve(
             tracing::debug!(%peer, "metrics endpoint: too many scrapes at once; closing");
             continue;
         };
-        let (metrics, stats) = (Arc::clone(&metrics), Arc::clone(&stats));
+        let (metrics, stats, ready) =
+            (Arc::clone(&metrics), Arc::clone(&stats), Arc::clone(&ready));
         tokio::spawn(async move {
             let _permit = permit;
             let render = || metrics.render(&stats.snapshot());
-            if tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, render))
+            if tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, render, || ready()))
                 .await
                 .is_err()
             {
@@ -432,7 +443,11 @@ pub(crate) async fn serve(
 }
 
 /// Reads one request head and answers it.
-async fn respond(mut stream: TcpStream, render: impl FnOnce() -> String) {
+async fn respond<R, F>(mut stream: TcpStream, render: impl FnOnce() -> String, ready: R)
+where
+    R: FnOnce() -> F,
+    F: std::future::Future<Output = Vec<String>>,
+{
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let head_end = loop {
@@ -473,6 +488,25 @@ async fn respond(mut stream: TcpStream, render: impl FnOnce() -> String) {
         return;
     }
     let path = target.split('?').next().unwrap_or("");
+    if matches!(path, "/healthz" | "/readyz") {
+        let (status, body) = match path {
+            "/healthz" => ("200 OK", "ok\n".to_owned()),
+            _ => {
+                let problems = ready().await;
+                if problems.is_empty() {
+                    ("200 OK", "ready\n".to_owned())
+                } else {
+                    ("503 Service Unavailable", problems.join("\n") + "\n")
+                }
+            }
+        };
+        match method {
+            "GET" => reply(&mut stream, status, "", &body).await,
+            "HEAD" => reply(&mut stream, status, "", "").await,
+            _ => reply(&mut stream, "405 Method Not Allowed", "", "").await,
+        }
+        return;
+    }
     if path != "/metrics" {
         reply(
             &mut stream,
@@ -607,12 +641,37 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         metrics.auth(AuthResult::Ok);
         let stop = CancellationToken::new();
+        let problems = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = Arc::clone(&problems);
+        let ready: ReadyCheck = Arc::new(move || {
+            let now = seen.lock().unwrap().clone();
+            Box::pin(async move { now })
+        });
         let task = tokio::spawn(serve(
             listener,
             metrics,
             Arc::new(Stats::default()),
+            ready,
             stop.clone(),
         ));
+        let t = Duration::from_secs(10);
+        let health = tokio::time::timeout(t, get(addr, b"GET /healthz HTTP/1.1\r\n\r\n"))
+            .await
+            .unwrap();
+        assert!(
+            health.starts_with("HTTP/1.1 200 OK\r\n") && health.ends_with("\r\n\r\nok\n"),
+            "{health}"
+        );
+        let ready = tokio::time::timeout(t, get(addr, b"GET /readyz HTTP/1.1\r\n\r\n"))
+            .await
+            .unwrap();
+        assert!(ready.ends_with("\r\n\r\nready\n"), "{ready}");
+        problems.lock().unwrap().push("service x: unhealthy".into());
+        let not = tokio::time::timeout(t, get(addr, b"GET /readyz HTTP/1.1\r\n\r\n"))
+            .await
+            .unwrap();
+        assert!(not.starts_with("HTTP/1.1 503 "), "{not}");
+        assert!(not.ends_with("service x: unhealthy\n"), "{not}");
         let t = Duration::from_secs(10);
         let ok = tokio::time::timeout(t, get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"))
             .await

@@ -261,7 +261,12 @@ impl Server {
         let first = live.load();
         if let Some(l) = metrics_listener {
             let (m, s) = (Arc::clone(&first.metrics), Arc::clone(&first.stats));
-            tracker.spawn(metrics::serve(l, m, s, token.child_token()));
+            let for_ready = Arc::clone(&live);
+            let ready: metrics::ReadyCheck = Arc::new(move || {
+                let live = Arc::clone(&for_ready);
+                Box::pin(async move { crate::health::problems(&live).await })
+            });
+            tracker.spawn(metrics::serve(l, m, s, ready, token.child_token()));
         }
         tracker.spawn(crate::connections::watch_expiry(
             Arc::clone(&live),
