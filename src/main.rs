@@ -6,7 +6,8 @@
 //! cast, call and ping, the client side), [`shell`] (an interactive session) and
 //! [`console`] (`admin HOST:PORT VERB`, the operator's console), [`manuals`]
 //! (completions and man pages);
-//! [`hangup`] reloads `serve`'s config on SIGHUP.
+//! [`hangup`] reloads `serve`'s config on SIGHUP; [`systemd`] tells systemd it is ready
+//! and alive.
 
 mod admin;
 mod bench;
@@ -18,6 +19,7 @@ mod manuals;
 mod remote;
 mod serve;
 mod shell;
+mod systemd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

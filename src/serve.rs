@@ -76,8 +76,14 @@ pub(crate) fn serve(config: Option<PathBuf>, port: Option<u16>) -> anyhow::Resul
                 crate::data_dir().display()
             ));
         }
+        crate::systemd::ready();
+        crate::systemd::spawn_watchdog();
+        let shutdown = async {
+            shutdown_signal().await;
+            crate::systemd::stopping();
+        };
         // On a worker thread, not this one: see `Server::run`.
-        tokio::spawn(server.run(shutdown_signal()))
+        tokio::spawn(server.run(shutdown))
             .await
             .context("the server task failed")?;
         anyhow::Ok(())
