@@ -42,6 +42,9 @@ if cargo tree --workspace -i aws-lc-sys >/dev/null 2>&1; then
   exit 1
 fi
 cargo clippy --workspace --all-targets -- -D warnings
+# The library crates' API docs build without a warning (broken links, missing docs).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q \
+  -p lib_chan_protocol -p lib_chan_client -p lib_chan_server -p lib_chan_services
 status=0
 cargo test --workspace --no-fail-fast || status=$?
 

@@ -4,7 +4,7 @@
 //! A connection is entered once its login succeeds and leaves when it closes (a guard
 //! removes it). The table outlives config reloads. A reload, and the passing of a user's
 //! `expires` time, re-apply the login rules to every connection of a named user
-//! ([`login::still_allowed`](crate::login)) and revoke those that would no longer be let
+//! (`login::still_allowed`) and revoke those that would no longer be let
 //! in: the user removed, disabled, expired, given another credential, its services or its
 //! `from` networks no longer allowing the connection.
 

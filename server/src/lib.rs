@@ -47,6 +47,8 @@
 //! [`reload`](ServerHandle::reload)s a new [`Config`] while it runs.
 //! `examples/embedded` in the repository is a whole program doing this.
 
+#![deny(missing_docs)]
+
 pub mod admin;
 pub mod admission;
 pub mod audit;

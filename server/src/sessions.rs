@@ -7,7 +7,7 @@
 //! unknown, ended, for another service or another identity silently gets a new session:
 //! the answer never tells whether the id existed.
 //!
-//! Each open connection of a session holds a [`SessionLease`]. When the last lease goes
+//! Each open connection of a session holds a `SessionLease`. When the last lease goes
 //! without the client's `close`, a timer of `grace` starts; a resume before it fires keeps
 //! the session, else the session ends. A client's `close` ends its session at once. When a
 //! session ends, its service is told ([`Service::session_ended`]), so that the name server
