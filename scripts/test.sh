@@ -45,6 +45,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The library crates' API docs build without a warning (broken links, missing docs).
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q \
   -p lib_chan_protocol -p lib_chan_client -p lib_chan_server -p lib_chan_services
+# The two crates other programs depend on have a publishable layout.
+for crate in lib_chan_client lib_chan_server; do
+  cargo package --list --allow-dirty -q -p "$crate" 2>/dev/null | grep -qx README.md \
+    || { echo "$crate: cargo package --list lacks README.md" >&2; exit 1; }
+done
 status=0
 cargo test --workspace --no-fail-fast || status=$?
 
