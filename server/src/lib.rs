@@ -46,6 +46,72 @@
 //! own tokio runtime. The [`ServerHandle`] gives the address, shuts the server down, and
 //! [`reload`](ServerHandle::reload)s a new [`Config`] while it runs.
 //! `examples/embedded` in the repository is a whole program doing this.
+//!
+//! # A service written, embedded and called (runnable)
+//! ```
+//! use std::net::{IpAddr, Ipv4Addr};
+//! use std::sync::Arc;
+//! use lib_chan_server::devcert::DevCerts;
+//! use lib_chan_server::{
+//!     auth, Config, Event, HandlerFuture, Registry, Server, Service, ServiceConfig, Session,
+//!     TlsSource,
+//! };
+//! use lib_chan_client::{term, ConnectOptions, Term};
+//!
+//! /// The book's `mod_echo`, with a twist: `{double, N}` answers `2 * N`.
+//! struct Doubler;
+//!
+//! impl Service for Doubler {
+//!     fn start(self: Arc<Self>, mut session: Session) -> HandlerFuture {
+//!         Box::pin(async move {
+//!             while let Some(event) = session.next_event().await {
+//!                 match event {
+//!                     Event::Call(call) => match call.request().as_tuple() {
+//!                         Some([tag, n]) if tag.is_atom("double") && n.as_int().is_some() => {
+//!                             let n = n.as_int().unwrap();
+//!                             call.reply(Term::Int(2 * n));
+//!                         }
+//!                         _ => call.bad_request(),
+//!                     },
+//!                     Event::Send(x) => {
+//!                         let _ = session.middle_man().send(x).await; // echo casts
+//!                     }
+//!                     Event::Closed => break,
+//!                 }
+//!             }
+//!         })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The server: a development CA and certificate in memory, one service on a free port.
+//! let certs = DevCerts::generate(&["localhost".to_owned()])?;
+//! let tls = TlsSource::Pem { cert: certs.server_pem.clone(), key: certs.server_key_pem.clone() };
+//! let mut config = Config::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, tls);
+//! config.services.push(ServiceConfig::new(
+//!     "doubler",
+//!     &auth::hash_password(b"secret"),
+//!     "mod_doubler",
+//!     Term::atom("notUsed"),
+//! ));
+//! let mut registry = Registry::new();
+//! registry.register("mod_doubler", |_| Ok(Arc::new(Doubler) as Arc<dyn Service>));
+//! let handle = Server::bind(config, &registry).await?.spawn();
+//!
+//! // A client: trusts that CA, starts the service, calls and casts.
+//! let chan = ConnectOptions::new()
+//!     .ca_pem(&certs.ca_pem)
+//!     .connect("localhost", handle.local_addr().port(), "doubler", "secret", Term::nil())
+//!     .await?;
+//! assert_eq!(chan.rpc(term!({double, 21})).await?, term!(42));
+//! chan.cast(term!(hello)).await?;
+//! assert_eq!(chan.recv().await, Some(term!(hello)));
+//! assert!(chan.rpc(term!(nonsense)).await.is_err()); // {error, Ref, {bad_request, ..}}
+//! chan.close().await;
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
 
 #![deny(missing_docs)]
 

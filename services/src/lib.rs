@@ -8,6 +8,50 @@
 //! - [`chat`]: `mod_chat`, IRC Lite, the book's chat: groups, nicks, relayed messages.
 //! - [`port`]: `port`, a service in any language: an external program speaking frames
 //!   on its standard input and output (PROTOCOL.md section 9).
+//!
+//! # The name server, embedded, with a watch that survives a reconnection (runnable)
+//! ```
+//! use std::net::{IpAddr, Ipv4Addr};
+//! use lib_chan_client::names::{Owner, Written};
+//! use lib_chan_client::{term, ConnectOptions, Login, Names, ReconnectPolicy, Term};
+//! use lib_chan_server::{auth, devcert::DevCerts, Config, Server, ServiceConfig, TlsSource};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let certs = DevCerts::generate(&["localhost".to_owned()])?;
+//! let tls = TlsSource::Pem { cert: certs.server_pem.clone(), key: certs.server_key_pem.clone() };
+//! let mut config = Config::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, tls);
+//! config.services.push(ServiceConfig::new(
+//!     "nameServer",
+//!     &auth::hash_password(b"ABXy45"),
+//!     "mod_name_server",
+//!     Term::atom("notUsed"),
+//! ));
+//! let handle = Server::bind(config, &lib_chan_services::registry()).await?.spawn();
+//! let port = handle.local_addr().port();
+//! let options = ConnectOptions::new().ca_pem(&certs.ca_pem);
+//!
+//! // The book's seed session.
+//! let chan = options.clone().connect("localhost", port, "nameServer", "ABXy45", Term::nil()).await?;
+//! chan.cast(term!({store, joe, "writing a book"})).await?;
+//! assert_eq!(chan.rpc(term!({lookup, joe})).await?, term!({ok, "writing a book"}));
+//! assert_eq!(chan.rpc(term!({lookup, jim})).await?, term!(undefined));
+//!
+//! // A reconnecting channel, the typed client, a watch and a leader election.
+//! let rc = options
+//!     .reconnect(ReconnectPolicy::new())
+//!     .connect_reconnecting("localhost", port, "nameServer", &Login::service_password("ABXy45"), Term::nil())
+//!     .await?;
+//! let names = Names::new(rc);
+//! let mut watch = names.watch(term!(joe)).await?;
+//! assert_eq!(names.store_if(term!(leader), term!(me), 0, Some(Owner::Session)).await?, Written::Done);
+//! chan.rpc(term!({store, joe, "done"})).await?;
+//! let change = watch.next().await.expect("a change");
+//! assert_eq!(change.value, Some(term!("done")));
+//! assert!(change.mod_rev > 0);
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
 
 pub mod chat;
 pub mod echo;
