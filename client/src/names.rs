@@ -10,11 +10,12 @@
 //! server then pushes the key's current state if it changed meanwhile, so a watch never
 //! misses the latest value (it may miss values superseded while it was away).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lib_chan_protocol::Term;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::channel::Channel;
 use crate::error::Error;
@@ -163,38 +164,98 @@ pub struct Change {
 /// The changes of one key, from [`Names::watch`].
 #[derive(Debug)]
 pub struct Watch {
-    rx: mpsc::Receiver<Change>,
+    queue: Arc<WatchQueue>,
 }
 
 impl Watch {
     /// The next change; `None` once the [`Names`] (or its channel) is gone.
     pub async fn next(&mut self) -> Option<Change> {
-        self.rx.recv().await
+        loop {
+            if let Some(change) = self.queue.pop() {
+                return Some(change);
+            }
+            if self.queue.ended.load(Ordering::Acquire) {
+                return None;
+            }
+            // notify_one leaves a permit when nobody waits: a push between the check
+            // above and this wait is not missed.
+            self.queue.ready.notified().await;
+        }
     }
 }
 
 /// How many changes of one key may wait for [`Watch::next`]; past it the oldest waiting
-/// are dropped (the latest is what a watcher needs).
+/// are dropped, never the latest (the latest is what a watcher needs).
 const WATCH_QUEUE: usize = 256;
+
+/// The changes waiting for one [`Watch`], bounded, oldest dropped first.
+#[derive(Debug, Default)]
+struct WatchQueue {
+    changes: Mutex<VecDeque<Change>>,
+    ready: Notify,
+    ended: AtomicBool,
+}
+
+impl WatchQueue {
+    fn changes(&self) -> MutexGuard<'_, VecDeque<Change>> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, change: Change) {
+        {
+            let mut q = self.changes();
+            if q.len() >= WATCH_QUEUE {
+                q.pop_front();
+            }
+            q.push_back(change);
+        }
+        self.ready.notify_one();
+    }
+
+    fn pop(&self) -> Option<Change> {
+        self.changes().pop_front()
+    }
+
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+}
 
 #[derive(Debug)]
 struct Watched {
-    tx: mpsc::Sender<Change>,
+    queue: Arc<WatchQueue>,
     /// The highest revision delivered.
     last: u64,
 }
 
-type Table = Arc<Mutex<HashMap<Term, Watched>>>;
+/// The watched keys of one [`Names`]; when it goes, every [`Watch`] ends.
+#[derive(Debug, Default)]
+struct Table(Mutex<HashMap<Term, Watched>>);
+
+impl Table {
+    fn end_all(&self) {
+        for w in lock(self).values() {
+            w.queue.end();
+        }
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        self.end_all();
+    }
+}
 
 fn lock(t: &Table) -> MutexGuard<'_, HashMap<Term, Watched>> {
-    t.lock().unwrap_or_else(|p| p.into_inner())
+    t.0.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The typed name server client: see the module docs.
 #[derive(Debug, Clone)]
 pub struct Names {
     link: Link,
-    watched: Table,
+    watched: Arc<Table>,
 }
 
 fn int(t: &Term) -> Result<u64, Error> {
@@ -238,7 +299,7 @@ impl Names {
     /// A name server client on `link`; it takes the link's pushes from now on.
     pub fn new(link: impl Into<Link>) -> Names {
         let link = link.into();
-        let watched: Table = Arc::default();
+        let watched: Arc<Table> = Arc::default();
         tokio::spawn(route_pushes(link.clone(), Arc::downgrade(&watched)));
         if let Link::Reconnecting(rc) = &link {
             tokio::spawn(rewatch(rc.clone(), link.clone(), Arc::downgrade(&watched)));
@@ -408,8 +469,12 @@ impl Names {
     /// # Errors
     /// As [`store`](Self::store).
     pub async fn watch_from(&self, key: Term, since: u64) -> Result<Watch, Error> {
-        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-        lock(&self.watched).insert(key.clone(), Watched { tx, last: since });
+        let queue = Arc::new(WatchQueue::default());
+        let watched = Watched {
+            queue: Arc::clone(&queue),
+            last: since,
+        };
+        lock(&self.watched).insert(key.clone(), watched);
         let request = Term::tuple([
             Term::atom("watch"),
             key.clone(),
@@ -418,7 +483,7 @@ impl Names {
         match self.link.rpc_idempotent(request).await {
             Ok(reply) => {
                 expect_true(reply)?;
-                Ok(Watch { rx })
+                Ok(Watch { queue })
             }
             Err(e) => {
                 lock(&self.watched).remove(&key);
@@ -429,7 +494,7 @@ impl Names {
 }
 
 /// Routes `{changed, K, Answer, ModRev}` pushes to the watches, newer revisions only.
-async fn route_pushes(link: Link, watched: std::sync::Weak<Mutex<HashMap<Term, Watched>>>) {
+async fn route_pushes(link: Link, watched: std::sync::Weak<Table>) {
     while let Some(push) = link.recv().await {
         let Some(table) = watched.upgrade() else {
             return;
@@ -445,27 +510,27 @@ async fn route_pushes(link: Link, watched: std::sync::Weak<Mutex<HashMap<Term, W
         };
         let mut t = lock(&table);
         if let Some(w) = t.get_mut(key) {
-            if mod_rev > w.last {
+            if Arc::strong_count(&w.queue) == 1 {
+                // Its Watch was dropped.
+                t.remove(key);
+            } else if mod_rev > w.last {
                 w.last = mod_rev;
-                let change = Change {
+                w.queue.push(Change {
                     key: key.clone(),
                     value,
                     mod_rev,
-                };
-                if let Err(mpsc::error::TrySendError::Closed(_)) = w.tx.try_send(change) {
-                    t.remove(key);
-                }
+                });
             }
         }
+    }
+    // The channel ended for good: so does every watch.
+    if let Some(table) = watched.upgrade() {
+        table.end_all();
     }
 }
 
 /// After each reconnection, watches every key again from the last revision delivered.
-async fn rewatch(
-    rc: ReconnectingChannel,
-    link: Link,
-    watched: std::sync::Weak<Mutex<HashMap<Term, Watched>>>,
-) {
+async fn rewatch(rc: ReconnectingChannel, link: Link, watched: std::sync::Weak<Table>) {
     let mut events = rc.events();
     loop {
         match events.recv().await {
@@ -491,5 +556,38 @@ async fn rewatch(
                 tracing::warn!(error = %e, "could not watch a key again after reconnecting");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_watch_drops_the_oldest_never_the_latest() {
+        let queue = Arc::new(WatchQueue::default());
+        let mut watch = Watch {
+            queue: Arc::clone(&queue),
+        };
+        let pushed = WATCH_QUEUE as u64 + 10;
+        for rev in 1..=pushed {
+            queue.push(Change {
+                key: Term::atom("k"),
+                value: Some(Term::Int(rev as i64)),
+                mod_rev: rev,
+            });
+        }
+        assert_eq!(
+            watch.next().await.unwrap().mod_rev,
+            11,
+            "the 10 oldest went"
+        );
+        let mut last = 0;
+        while let Some(c) = queue.pop() {
+            last = c.mod_rev;
+        }
+        assert_eq!(last, pushed, "the latest is kept");
+        queue.end();
+        assert!(watch.next().await.is_none());
     }
 }

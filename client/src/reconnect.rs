@@ -347,9 +347,10 @@ impl ReconnectingChannel {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match channel.rpc_sent(req.clone(), left).await {
                 Ok(answer) => return Ok(answer),
-                // Never queued: the connection was gone already. Wait for the next one.
-                Err((Error::Closed(_), false)) => continue,
-                Err((Error::Closed(_), true)) if idempotent => continue,
+                // Never queued: the connection was gone already. Wait for the next one
+                // (yielding, so that the supervisor can notice the loss meanwhile).
+                Err((Error::Closed(_), false)) => tokio::task::yield_now().await,
+                Err((Error::Closed(_), true)) if idempotent => tokio::task::yield_now().await,
                 Err((Error::Closed(_), true)) => return Err(Error::MaybeRan("the call")),
                 Err((e, _)) => return Err(e),
             }

@@ -48,6 +48,12 @@ impl SessionId {
         bytes.try_into().ok().map(SessionId)
     }
 
+    /// True when `owner` (an owner-bound name's owner) is a session's
+    /// [`owner_key`](SessionId::owner_key) rather than a connection id.
+    pub fn is_owner_key(owner: u64) -> bool {
+        owner >> 63 == 1
+    }
+
     /// A 64-bit key for the session, with the top bit set so that it never equals a
     /// connection id (which count up from 1): what owner-bound names of the session are
     /// bound to.
@@ -176,7 +182,7 @@ impl Sessions {
                         return Ok(lease);
                     }
                     if !table.contains_key(&id) && table.len() < limits.max_sessions {
-                        table.insert(id, self.entry(service, owner, grace, handler));
+                        table.insert(id, Self::entry(service, owner, grace, handler));
                         tracing::info!(session = %id, service, "session adopted from another server");
                         return Ok(self.lease(id, grace, true));
                     }
@@ -194,20 +200,14 @@ impl Sessions {
                     break id;
                 }
             };
-            table.insert(id, self.entry(service, owner.clone(), grace, handler));
+            table.insert(id, Self::entry(service, owner.clone(), grace, handler));
             id
         };
         handler.session_started(&id, &owner);
         Ok(self.lease(id, grace, false))
     }
 
-    fn entry(
-        &self,
-        service: &str,
-        owner: String,
-        grace: Duration,
-        handler: &Arc<dyn Service>,
-    ) -> Entry {
+    fn entry(service: &str, owner: String, grace: Duration, handler: &Arc<dyn Service>) -> Entry {
         Entry {
             service: service.to_owned(),
             owner,

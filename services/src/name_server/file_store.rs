@@ -610,24 +610,30 @@ impl Writer {
             let mut staged: HashMap<Vec<u8>, Option<Owner>> = HashMap::new();
             for op in batch {
                 let mut result = Written::Done;
+                // A conditional store or delete that its condition refuses changes nothing.
+                if let Write::Store {
+                    key,
+                    if_revision: Some(cond),
+                    ..
+                }
+                | Write::Delete {
+                    key,
+                    if_revision: Some(cond),
+                } = &op.write
+                {
+                    let k = key.bytes.as_slice();
+                    if let Some(state) =
+                        refused(&self.path, [&owned, &names], &tombs, &meta, k, *cond)?
+                    {
+                        applied.results.push(Written::Conflict(state));
+                        continue;
+                    }
+                }
                 match &op.write {
                     Write::Store {
-                        key,
-                        value,
-                        owner,
-                        if_revision,
+                        key, value, owner, ..
                     } => {
                         let k = key.bytes.as_slice();
-                        let conflict = match if_revision {
-                            Some(cond) => {
-                                refused(&self.path, [&owned, &names], &tombs, &meta, k, *cond)?
-                            }
-                            None => None,
-                        };
-                        if let Some(state) = conflict {
-                            applied.results.push(Written::Conflict(state));
-                            continue;
-                        }
                         applied.revision += 1;
                         let v = stored(applied.revision, &value.bytes);
                         match owner {
@@ -650,18 +656,8 @@ impl Writer {
                             applied.revision,
                         ));
                     }
-                    Write::Delete { key, if_revision } => {
+                    Write::Delete { key, .. } => {
                         let k = key.bytes.as_slice();
-                        let conflict = match if_revision {
-                            Some(cond) => {
-                                refused(&self.path, [&owned, &names], &tombs, &meta, k, *cond)?
-                            }
-                            None => None,
-                        };
-                        if let Some(state) = conflict {
-                            applied.results.push(Written::Conflict(state));
-                            continue;
-                        }
                         let was_plain = names.remove(k)?.is_some();
                         let was_owned = owned.remove(k)?.is_some();
                         staged.insert(key.bytes.clone(), None);

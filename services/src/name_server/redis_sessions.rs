@@ -37,7 +37,9 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The end of a session: its names removed as changes. ARGV: session hash, names set,
 /// sessions zset, key hex, meta hash, tombstone set, channel, tombstone bound, prefix
 /// length, message head, message tail. Returns the number of names removed.
-const END_FN: &str = r"
+macro_rules! end_fn {
+    () => {
+        r"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -64,51 +66,68 @@ local function finish(sess, names, zset, hex, meta, tombs, channel, max, plen, h
   redis.call('ZREM', zset, hex)
   return removed
 end
-";
+"
+    };
+}
 
 /// Ends a session held by ARGV[12] (the instance); nothing if another server holds it.
-const END_HELD: &str = r"
+const END_HELD: &str = concat!(
+    end_fn!(),
+    r"
 local holder = redis.call('HGET', ARGV[1], 'holder')
 if holder and holder ~= ARGV[12] then return -1 end
 return finish(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
-";
+"
+);
 
-/// Ends up to 100 sessions whose deadline passed. ARGV as for [`END_FN`] but for the
+/// Ends up to 100 sessions whose deadline passed. ARGV as for `end_fn!` but for the
 /// first four: ARGV[1] the session hash prefix, ARGV[2] the names set prefix, ARGV[3]
 /// the zset. Returns how many sessions ended.
-const SWEEP: &str = r"
+const SWEEP: &str = concat!(
+    end_fn!(),
+    r"
 local due = redis.call('ZRANGEBYSCORE', ARGV[3], '-inf', now_ms(), 'LIMIT', 0, 100)
 for _, hex in ipairs(due) do
   finish(ARGV[1] .. hex, ARGV[2] .. hex, ARGV[3], hex, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
 end
 return #due
-";
+"
+);
 
 /// Records a session held by this server. ARGV: session hash, zset, key hex, id hex,
 /// owner, instance, TTL ms.
-const START: &str = r"
+const START: &str = concat!(
+    end_fn!(),
+    r"
 redis.call('HSET', ARGV[1], 'id', ARGV[4], 'owner', ARGV[5], 'holder', ARGV[6])
 redis.call('ZADD', ARGV[2], now_ms() + tonumber(ARGV[7]), ARGV[3])
 return 1
-";
+"
+);
 
 /// Adopts a live session whose id and owner match. ARGV as for [`START`]. 1 or 0.
-const ADOPT: &str = r"
+const ADOPT: &str = concat!(
+    end_fn!(),
+    r"
 if redis.call('HGET', ARGV[1], 'id') ~= ARGV[4] then return 0 end
 if redis.call('HGET', ARGV[1], 'owner') ~= ARGV[5] then return 0 end
 if not redis.call('ZSCORE', ARGV[2], ARGV[3]) then return 0 end
 redis.call('HSET', ARGV[1], 'holder', ARGV[6])
 redis.call('ZADD', ARGV[2], now_ms() + tonumber(ARGV[7]), ARGV[3])
 return 1
-";
+"
+);
 
 /// Pushes the deadline of a session this server holds. ARGV: session hash, zset, key
 /// hex, instance, TTL ms. 0 when not held here any more.
-const REFRESH: &str = r"
+const REFRESH: &str = concat!(
+    end_fn!(),
+    r"
 if redis.call('HGET', ARGV[1], 'holder') ~= ARGV[4] then return 0 end
 redis.call('ZADD', ARGV[2], now_ms() + tonumber(ARGV[5]), ARGV[3])
 return 1
-";
+"
+);
 
 /// The sessions of one service's name space in Redis.
 pub(super) struct RedisSessions {
@@ -208,9 +227,9 @@ impl RedisSessions {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn eval(&self, body: &str, args: Vec<Vec<u8>>) -> StoreFuture<Value> {
+    fn eval(&self, body: &'static str, args: Vec<Vec<u8>>) -> StoreFuture<Value> {
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg([END_FN, body].concat()).arg(0);
+        cmd.arg(body).arg(0);
         for a in args {
             cmd.arg(a);
         }

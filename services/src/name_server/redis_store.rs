@@ -79,7 +79,9 @@ const MAX_PIPELINE: usize = 1024;
 
 /// The helpers every change script starts with. KEYS: the name, the meta hash, the
 /// tombstone set; ARGV[1]: the key's ETF bytes (the tombstone member).
-const PRELUDE: &str = r"
+macro_rules! prelude {
+    () => {
+        r"
 local function state()
   local h = redis.call('HMGET', KEYS[1], 'v', 'r')
   if h[1] then return true, h[1], tonumber(h[2]) or 0 end
@@ -104,12 +106,16 @@ local function bury(rev, max)
     if tonumber(old[2]) > floor then redis.call('HSET', KEYS[2], 'floor', old[2]) end
   end
 end
-";
+"
+    };
+}
 
 /// Stores a name. ARGV: key, value, owner ('' if none), TTL in ms ('0': none, for a
 /// session's name), channel, message, condition ('' if none), the session's names set
 /// ('' if not a session's name). Returns `{1, Rev}`, or the conflict `{0, ModRev[, Value]}`.
-const STORE: &str = r"
+const STORE: &str = concat!(
+    prelude!(),
+    r"
 local conflict = check(ARGV[7])
 if conflict then return conflict end
 local rev = redis.call('HINCRBY', KEYS[2], 'revision', 1)
@@ -124,11 +130,14 @@ end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('PUBLISH', ARGV[5], rev .. ':' .. ARGV[6])
 return {1, rev}
-";
+"
+);
 
 /// Deletes a name, a change (announced) only if it was there. ARGV: key, channel,
 /// message, condition, tombstone bound. Returns `{1}` or a conflict.
-const DELETE: &str = r"
+const DELETE: &str = concat!(
+    prelude!(),
+    r"
 local conflict = check(ARGV[4])
 if conflict then return conflict end
 if redis.call('DEL', KEYS[1]) == 1 then
@@ -137,11 +146,14 @@ if redis.call('DEL', KEYS[1]) == 1 then
   redis.call('PUBLISH', ARGV[2], rev .. ':' .. ARGV[3])
 end
 return {1}
-";
+"
+);
 
 /// Deletes a name only if ARGV[2] still owns it. ARGV: key, owner, channel, message,
 /// tombstone bound.
-const RELEASE: &str = r"
+const RELEASE: &str = concat!(
+    prelude!(),
+    r"
 if redis.call('HGET', KEYS[1], 'o') == ARGV[2] then
   redis.call('DEL', KEYS[1])
   local rev = redis.call('HINCRBY', KEYS[2], 'revision', 1)
@@ -150,7 +162,8 @@ if redis.call('HGET', KEYS[1], 'o') == ARGV[2] then
   return 1
 end
 return 0
-";
+"
+);
 
 /// A key's state: `{1, ModRev, Revision, Floor, Value}` or `{0, ModRev, Revision, Floor}`.
 /// ARGV: key.
@@ -359,17 +372,12 @@ impl RedisStore {
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err(gone())).and_then(then) })
     }
 
-    /// `EVAL` of a change script (after [`PRELUDE`]) or a read script on the name at
-    /// `key` (ETF bytes): KEYS are the name, the meta hash and the tombstone set, ARGV[1]
-    /// is `key`.
-    fn script(&self, script: &str, key: &[u8]) -> redis::Cmd {
+    /// `EVAL` of a script on the name at `key` (ETF bytes): KEYS are the name, the meta
+    /// hash and the tombstone set, ARGV[1] is `key`.
+    fn script(&self, script: &'static str, key: &[u8]) -> redis::Cmd {
         let mut cmd = redis::cmd("EVAL");
-        if script == GET {
-            cmd.arg(script);
-        } else {
-            cmd.arg([PRELUDE, script].concat());
-        }
-        cmd.arg(3)
+        cmd.arg(script)
+            .arg(3)
             .arg(self.redis_key(key))
             .arg(&self.meta)
             .arg(&self.tombs)
@@ -449,7 +457,7 @@ impl NameStore for RedisStore {
         let rkey = self.redis_key(&k);
         // A session's name (its owner key has the top bit set) lives as long as its
         // session, recorded with it, with no TTL of its own.
-        let session_owner = owner.filter(|o| o >> 63 == 1);
+        let session_owner = owner.filter(|o| lib_chan_server::SessionId::is_owner_key(*o));
         let (tag, ttl, names_set) = match (owner, session_owner) {
             (Some(o), Some(_)) => (RedisSessions::tag(o), 0, self.sessions.names_set(o)),
             (Some(o), None) => (

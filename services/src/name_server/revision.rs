@@ -155,6 +155,11 @@ impl Tombstones {
         self.by_key.get(key).copied()
     }
 
+    /// True when no deletion is dated (a store then has no tombstone to clear).
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
     /// The highest revision of a forgotten deletion.
     pub fn floor(&self) -> u64 {
         self.floor

@@ -452,7 +452,9 @@ impl NameStore for MemoryStore {
         }
         names.revision += 1;
         let mod_rev = names.revision;
-        names.tombstones.remove(&key);
+        if !names.tombstones.is_empty() {
+            names.tombstones.remove(&key);
+        }
         // Notified with the lock held, so watchers see changes in the order made.
         self.watchers.notify(&key, Some(&value), mod_rev);
         names.entries.insert(
