@@ -114,6 +114,22 @@ pub trait Service: Send + Sync + 'static {
         None
     }
 
+    /// Answers a call at once, inside the connection's middle man task, when the answer
+    /// is ready without waiting (a lookup in memory): `Some(reply)` goes out as
+    /// `{reply, Ref, Reply}` with no hop to the handler's task and no wake-up of it;
+    /// `None` (the default) hands the call to the handler as usual.
+    ///
+    /// Asked only while the handler has taken every earlier event of this connection
+    /// and waits for the next, and nothing it queued is still unwritten, so the answer
+    /// sees, and follows on the wire, all that the connection did before. It runs while
+    /// the connection reads nothing: it must not block or take long. A service whose
+    /// handler hands work to other tasks must answer here only what that work cannot
+    /// change.
+    fn answer_now(&self, request: &Term, identity: &Identity) -> Option<Term> {
+        let _ = (request, identity);
+        None
+    }
+
     /// Counters of its own for the metrics endpoint, as (event, count): rendered as
     /// `lib_chan_service_events_total{service="NAME",event="EVENT"}`.
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -148,6 +164,26 @@ pub struct Session {
     pub(crate) args_s: Term,
     pub(crate) identity: Arc<Identity>,
     pub(crate) session_id: Option<crate::sessions::SessionId>,
+    /// How far the handler got, shared with the middle man (for [`Service::answer_now`]).
+    pub(crate) progress: HandlerProgress,
+}
+
+/// How many events a handler has finished with: every event it took before its latest
+/// call of [`Session::next_event`]. The middle man compares it with the number it
+/// handed over to know that the handler is idle, waiting for the next.
+#[derive(Debug, Default)]
+pub(crate) struct HandlerProgress {
+    /// Events taken from the queue so far (the handler's own count).
+    taken: u64,
+    /// `taken` as of the handler's latest wait for an event, published to the middle man.
+    finished: Arc<AtomicU64>,
+}
+
+impl HandlerProgress {
+    /// The shared counter the middle man reads.
+    pub(crate) fn finished(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.finished)
+    }
 }
 
 impl Session {
@@ -159,7 +195,16 @@ impl Session {
 
     /// The next event; `None` once the channel is closed and every event was read.
     pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
+        // Asking for the next event means the handler is done with those it took:
+        // published (Release) so the middle man sees their effects when it sees this.
+        self.progress
+            .finished
+            .store(self.progress.taken, Ordering::Release);
+        let event = self.events.recv().await;
+        if event.is_some() {
+            self.progress.taken += 1;
+        }
+        event
     }
 
     /// The handle to talk to the client through (lib_chan's `MM`).

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::connections::ConnCounters;
-use crate::handler::{Call, Event, MiddleMan, Outbound, Service, Session};
+use crate::handler::{Call, Event, HandlerProgress, MiddleMan, Outbound, Service, Session};
 use crate::metrics::ServiceMetrics;
 use crate::stats::protocol_error;
 
@@ -119,15 +119,18 @@ where
         setup.limits.outbound_queue,
     );
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let progress = HandlerProgress::default();
+    let handler_finished = progress.finished();
     let session = Session {
         middle_man: middle_man.clone(),
         events: events_rx,
         args_c: setup.args_c,
         args_s: setup.args_s,
-        identity: setup.identity,
+        identity: Arc::clone(&setup.identity),
         session_id: setup.session.as_ref().map(|s| s.id()),
+        progress,
     };
-    let handler = tokio::spawn(setup.service.start(session));
+    let handler = tokio::spawn(Arc::clone(&setup.service).start(session));
     let mut conn = Connection {
         reader,
         // Allocated on the first write: idle connections hold no write buffer.
@@ -140,6 +143,10 @@ where
         metrics: setup.metrics,
         counters: setup.counters,
         session: setup.session,
+        service: setup.service,
+        identity: setup.identity,
+        handed_over: 0,
+        handler_finished,
     };
     let reason = conn
         .serve(&events_tx, handler, setup.shutdown, setup.revoked)
@@ -164,6 +171,14 @@ struct Connection<S> {
     metrics: Arc<ServiceMetrics>,
     counters: Arc<ConnCounters>,
     session: Option<crate::sessions::SessionLease>,
+    /// The service, asked to answer calls at once ([`Service::answer_now`]).
+    service: Arc<dyn Service>,
+    identity: Arc<crate::users::Identity>,
+    /// Events given to the handler so far.
+    handed_over: u64,
+    /// Events the handler has finished with (see [`HandlerProgress`]): when equal to
+    /// `handed_over`, the handler is idle and a call may be answered here.
+    handler_finished: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What ended the main loop, with what is needed to finish.
@@ -238,6 +253,7 @@ where
                     // the handler branch will see it.
                     if let (Ok(permit), Some(event)) = (permit, pending.take()) {
                         permit.send(event);
+                        self.handed_over += 1;
                     }
                 }
                 () = &mut shutting_down, if draining.is_none() => {
@@ -308,12 +324,15 @@ where
     /// Gives `event` to the handler at once when its queue has room and the answers
     /// already queued are within the byte budget (saving a pass of the select loop per
     /// request); otherwise returns it, to wait in `pending` for the `reserve` branch.
-    fn hand_over(&self, events_tx: &mpsc::Sender<Event>, event: Event) -> Option<Event> {
+    fn hand_over(&mut self, events_tx: &mpsc::Sender<Event>, event: Event) -> Option<Event> {
         if self.middle_man.queued_bytes() > self.limits.outbound_bytes {
             return Some(event);
         }
         match events_tx.try_send(event) {
-            Ok(()) => None,
+            Ok(()) => {
+                self.handed_over += 1;
+                None
+            }
             // Full: wait for room. Closed: the handler is ending; `reserve` fails at
             // once and drops the event, and the handler branch ends the connection.
             Err(
@@ -364,6 +383,14 @@ where
                     protocol_error!(peer = %self.middle_man.peer(), id, "call reuses a ref still in flight");
                     return Err(CloseReason::Protocol(ErrorReason::BadMessage));
                 }
+                if let Some(reply) = self.answer_now(&body) {
+                    self.encode(ServerMessage::Reply { id, body: reply });
+                    self.metrics.call_answered(self.read_at.elapsed());
+                    if self.write_buf.len() >= FLUSH_AT {
+                        self.flush().await.map_err(|WriteFailed(r)| r)?;
+                    }
+                    return Ok(None);
+                }
                 if self.in_flight.len() >= self.limits.max_calls_in_flight {
                     self.write_now(ServerMessage::CallError {
                         id,
@@ -389,6 +416,20 @@ where
             }
             ClientMessage::Close => Err(CloseReason::ClientClosed),
         }
+    }
+
+    /// The service's immediate answer to a call ([`Service::answer_now`]), asked only
+    /// when that keeps the connection's order: the handler has finished every event it
+    /// was given, and everything it queued has been encoded.
+    fn answer_now(&self, request: &Term) -> Option<Term> {
+        let idle = self
+            .handler_finished
+            .load(std::sync::atomic::Ordering::Acquire)
+            == self.handed_over;
+        if !idle || !self.out_rx.is_empty() {
+            return None;
+        }
+        self.service.answer_now(request, &self.identity)
     }
 
     /// Encodes one server message into the write buffer. A handler's answer that cannot

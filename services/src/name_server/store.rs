@@ -149,6 +149,14 @@ pub trait NameStore: Send + Sync + fmt::Debug + 'static {
     /// `key`'s value and revisions, seeing every operation called before this one.
     fn get(&self, key: Term) -> StoreFuture<KeyState>;
 
+    /// The value under `key` at once, for a store that holds its names in memory:
+    /// `Some(answer)` is what [`lookup`](NameStore::lookup) would resolve to, with no
+    /// future made or awaited. `None` (the default): ask [`lookup`](NameStore::lookup).
+    fn lookup_now(&self, key: &Term) -> Option<Option<Term>> {
+        let _ = key;
+        None
+    }
+
     /// Removes `key` (nothing to do when it is absent); `if_revision` as for a store.
     fn delete(&self, key: Term, if_revision: Option<u64>) -> StoreFuture<Written>;
 
@@ -470,6 +478,10 @@ impl NameStore for MemoryStore {
 
     fn lookup(&self, key: Term) -> StoreFuture<Option<Term>> {
         ready(self.lock().entries.get(&key).map(|e| e.value.clone()))
+    }
+
+    fn lookup_now(&self, key: &Term) -> Option<Option<Term>> {
+        Some(self.lock().entries.get(key).map(|e| e.value.clone()))
     }
 
     fn get(&self, key: Term) -> StoreFuture<KeyState> {
