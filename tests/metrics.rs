@@ -1,7 +1,7 @@
-//! The Prometheus endpoint (`[metrics] listen`), scraped over plain HTTP after a session:
-//! connections by service, auth results, close reasons, calls and their latency
-//! histogram, bytes in and out all move as the session says they should; `/healthz` and
-//! `/readyz` follow the process and its store.
+//! The Prometheus endpoint (`[metrics] listen`, OpenMetrics text), scraped over plain
+//! HTTP after a session: connections by service, auth results, close reasons, calls and
+//! their latency histogram, bytes in and out all move as the session says they should;
+//! `/healthz` and `/readyz` follow the process and its store.
 
 mod common;
 #[path = "common/redis_server.rs"]
@@ -87,14 +87,14 @@ async fn a_session_moves_the_numbers_it_should() {
         calls
     );
     assert_eq!(
-        get("lib_chan_call_duration_seconds_bucket{service=\"echo\",le=\"+Inf\"}"),
+        get("lib_chan_call_duration_seconds_bucket{le=\"+Inf\",service=\"echo\"}"),
         calls
     );
     // Cumulative buckets never decrease; an echo is answered well within a second.
     let mut last = 0.0;
-    for le in ["5e-05", "0.001", "0.01", "0.1", "1"] {
+    for le in ["0.00005", "0.001", "0.01", "0.1", "1.0"] {
         let n = get(&format!(
-            "lib_chan_call_duration_seconds_bucket{{service=\"echo\",le=\"{le}\"}}"
+            "lib_chan_call_duration_seconds_bucket{{le=\"{le}\",service=\"echo\"}}"
         ));
         assert!(n >= last, "le {le}: {n} < {last}");
         last = n;
@@ -107,7 +107,9 @@ async fn a_session_moves_the_numbers_it_should() {
     assert_eq!(get("lib_chan_auth_total{result=\"busy\"}"), 0.0);
     let closes_failed =
         scrape_until(addr, "lib_chan_closes_total{reason=\"auth_failed\"}", 1.0).await;
-    assert!(closes_failed.contains("# TYPE lib_chan_closes_total counter"));
+    // OpenMetrics: the family is named without `_total`, its samples with it.
+    assert!(closes_failed.contains("# TYPE lib_chan_closes counter"));
+    assert!(closes_failed.ends_with("\n# EOF\n"));
     assert_eq!(get("lib_chan_connections{service=\"echo\"}"), 0.0);
     // Seven calls, a cast and a close went in; seven replies came out. Each frame is
     // at least its 4-byte length and a few bytes of term.

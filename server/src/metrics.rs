@@ -1,40 +1,55 @@
 //! Metrics: what the server counts on its connection paths, and an optional Prometheus
-//! endpoint (`[metrics] listen = "127.0.0.1:9464"`) that serves them as text at `/metrics`.
+//! endpoint (`[metrics] listen = "127.0.0.1:9464"`) that serves them at `/metrics` in
+//! the OpenMetrics text format (`application/openmetrics-text; version=1.0.0`, ending
+//! with `# EOF`).
 //!
 //! The counting is atomics only: each service has a `ServiceMetrics` (found once per
 //! connection, when it authenticates) holding its open-connection gauge, its call count,
 //! a latency histogram of fixed buckets and its frame bytes in and out; the middle man adds
 //! to them with relaxed `fetch_add`s, with no lock and no allocation per message. A scrape
-//! reads them all, with the close reasons from [`Stats`], and renders
-//! the Prometheus text exposition format (version 0.0.4).
+//! reads them all, with the close reasons from [`Stats`], through a
+//! [`prometheus_client`] collector (`ConstCounter`s, `ConstGauge`s and a histogram
+//! encoded from the bucket atomics), and `prometheus_client` writes the exposition,
+//! escaping label values (a service named with `"`, `\` or a newline stays one sample).
+//! Counter families are named without `_total` (OpenMetrics), their samples with it.
 //!
-//! The endpoint is a small hand-written HTTP/1.1 responder on tokio: one request per
-//! connection, the request head bounded to [`MAX_REQUEST`] bytes and the whole exchange
-//! to [`REQUEST_TIMEOUT`], at most [`MAX_SCRAPERS`] at once; `GET /metrics` is answered,
-//! and `/healthz` and `/readyz` (the `health` module), any other path 404, any other
-//! method 405. It has no authentication: bind it to a
-//! loopback or otherwise private address.
+//! The endpoint is [`hyper`]'s HTTP/1.1 server on tokio: one request per connection
+//! (no keep-alive), the request head bounded to [`MAX_REQUEST`] bytes (hyper answers a
+//! longer one 431) and the whole exchange to [`REQUEST_TIMEOUT`], at most
+//! [`MAX_SCRAPERS`] at once; `GET` and `HEAD` are answered for `/metrics`, `/healthz`
+//! and `/readyz` (the `health` module), any other path 404, any other method 405 with
+//! `Allow: GET, HEAD`. It has no authentication: bind it to a loopback or otherwise
+//! private address.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{Stats, StatsSnapshot};
 
-/// The upper bounds of the call latency buckets, in seconds as rendered (`le`), from
-/// 50 µs to 1 s; a last bucket, `+Inf`, takes the rest.
-const BUCKET_LABELS: [&str; 14] = [
-    "5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
-    "0.1", "0.25", "0.5", "1",
+/// The upper bounds of the call latency buckets, in seconds (`le`), from 50 µs to 1 s; a
+/// last bucket, `+Inf`, takes the rest.
+const BUCKET_SECONDS: [f64; 14] = [
+    5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
 ];
-/// [`BUCKET_LABELS`] in nanoseconds.
+/// [`BUCKET_SECONDS`] in nanoseconds.
 const BUCKET_NANOS: [u64; 14] = [
     50_000,
     100_000,
@@ -201,195 +216,188 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition of these counters and of `stats`.
+    /// The OpenMetrics text exposition of these counters and of `stats`, `# EOF`
+    /// included.
     pub fn render(&self, stats: &StatsSnapshot) -> String {
-        let services: Vec<(String, Arc<ServiceMetrics>)> = self
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let services = self
             .services
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(name, m)| (escape(name), Arc::clone(m)))
+            .map(|(name, m)| (name.clone(), Arc::clone(m)))
             .collect();
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(4096);
-        // Writing to a String cannot fail.
-        let mut put = |text: std::fmt::Arguments<'_>| {
-            let _ = out.write_fmt(text);
+        let sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(n, w)| w.upgrade().map(|s| (n.clone(), s)))
+            .collect();
+        let scrape = Scrape {
+            services,
+            sources,
+            auth: [
+                load(&self.auth_ok),
+                load(&self.auth_failed),
+                load(&self.auth_busy),
+            ],
+            logins: std::array::from_fn(|r| std::array::from_fn(|k| load(&self.logins[r][k]))),
+            stats: stats.clone(),
         };
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(scrape));
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail, and the collector returns only the writer's
+        // errors.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
 
-        header(
-            &mut put,
+/// One scrape's view: the services' own atomics (read while encoding), the server-wide
+/// counters and connection stats read at the scrape.
+struct Scrape {
+    services: Vec<(String, Arc<ServiceMetrics>)>,
+    sources: Vec<(String, Arc<dyn crate::Service>)>,
+    /// ok, failed, busy.
+    auth: [u64; 3],
+    /// By result, then credential kind, as [`Metrics::logins`].
+    logins: [[u64; 4]; 3],
+    stats: StatsSnapshot,
+}
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrape")
+            .field("services", &self.services.len())
+            .field("sources", &self.sources.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counter = MetricType::Counter;
+        let gauge = MetricType::Gauge;
+        let stats = &self.stats;
+
+        let mut family = encoder.encode_descriptor(
             "lib_chan_connections",
-            "gauge",
             "Open authenticated connections, by service.",
-        );
-        for (name, m) in &services {
-            put(format_args!(
-                "lib_chan_connections{{service=\"{name}\"}} {}\n",
-                m.connections.load(Ordering::Relaxed)
-            ));
+            None,
+            gauge,
+        )?;
+        for (name, m) in &self.services {
+            let open = m.connections.load(Ordering::Relaxed) as u64;
+            ConstGauge::new(open).encode(family.encode_family(&[("service", name)])?)?;
         }
-        header(
-            &mut put,
-            "lib_chan_connections_unauthenticated",
-            "gauge",
-            "Open connections not authenticated yet (TLS or start_service under way).",
-        );
-        put(format_args!(
-            "lib_chan_connections_unauthenticated {}\n",
-            stats.open.saturating_sub(stats.authenticated)
-        ));
-        header(
-            &mut put,
-            "lib_chan_connections_accepted_total",
-            "counter",
+        ConstGauge::new(stats.open.saturating_sub(stats.authenticated) as u64).encode(
+            encoder.encode_descriptor(
+                "lib_chan_connections_unauthenticated",
+                "Open connections not authenticated yet (TLS or start_service under way).",
+                None,
+                gauge,
+            )?,
+        )?;
+        ConstCounter::new(stats.accepted).encode(encoder.encode_descriptor(
+            "lib_chan_connections_accepted",
             "TCP connections accepted.",
-        );
-        put(format_args!(
-            "lib_chan_connections_accepted_total {}\n",
-            stats.accepted
-        ));
-        header(
-            &mut put,
-            "lib_chan_auth_total",
-            "counter",
+            None,
+            counter,
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            "lib_chan_auth",
             "start_service password checks, by result.",
-        );
-        for (result, counter) in [
-            ("ok", &self.auth_ok),
-            ("failed", &self.auth_failed),
-            ("busy", &self.auth_busy),
-        ] {
-            put(format_args!(
-                "lib_chan_auth_total{{result=\"{result}\"}} {}\n",
-                load(counter)
-            ));
+            None,
+            counter,
+        )?;
+        for (result, n) in LOGIN_RESULTS.iter().zip(self.auth) {
+            ConstCounter::new(n).encode(family.encode_family(&[("result", *result)])?)?;
         }
-        header(
-            &mut put,
-            "lib_chan_logins_total",
-            "counter",
+        let mut family = encoder.encode_descriptor(
+            "lib_chan_logins",
             "Logins decided, by result and credential kind.",
-        );
-        for (r, result) in LOGIN_RESULTS.iter().enumerate() {
-            for (k, kind) in LOGIN_KINDS.iter().enumerate() {
-                put(format_args!(
-                    "lib_chan_logins_total{{result=\"{result}\",credential=\"{kind}\"}} {}\n",
-                    load(&self.logins[r][k])
-                ));
+            None,
+            counter,
+        )?;
+        for (result, row) in LOGIN_RESULTS.iter().zip(&self.logins) {
+            for (kind, n) in LOGIN_KINDS.iter().zip(row) {
+                let labels = [("result", *result), ("credential", *kind)];
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
             }
         }
-        header(
-            &mut put,
-            "lib_chan_closes_total",
-            "counter",
+        let mut family = encoder.encode_descriptor(
+            "lib_chan_closes",
             "Connections ended, by reason.",
-        );
+            None,
+            counter,
+        )?;
         for (reason, n) in &stats.closes {
-            put(format_args!(
-                "lib_chan_closes_total{{reason=\"{}\"}} {n}\n",
-                escape(reason)
-            ));
+            ConstCounter::new(*n).encode(family.encode_family(&[("reason", reason)])?)?;
         }
-        header(
-            &mut put,
-            "lib_chan_calls_total",
-            "counter",
+        let mut family = encoder.encode_descriptor(
+            "lib_chan_calls",
             "Calls received, by service.",
-        );
-        for (name, m) in &services {
-            put(format_args!(
-                "lib_chan_calls_total{{service=\"{name}\"}} {}\n",
-                load(&m.calls)
-            ));
+            None,
+            counter,
+        )?;
+        for (name, m) in &self.services {
+            ConstCounter::new(load(&m.calls))
+                .encode(family.encode_family(&[("service", name)])?)?;
         }
-        header(
-            &mut put,
-            "lib_chan_call_duration_seconds",
-            "histogram",
+        let mut family = encoder.encode_descriptor(
+            "lib_chan_call_duration",
             "Time from a call's arrival to its answer being encoded, by service.",
-        );
-        for (name, m) in &services {
-            let mut cumulative = 0;
-            for (i, label) in BUCKET_LABELS.iter().enumerate() {
-                cumulative += load(&m.buckets[i]);
-                put(format_args!(
-                    "lib_chan_call_duration_seconds_bucket{{service=\"{name}\",le=\"{label}\"}} {cumulative}\n"
-                ));
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (name, m) in &self.services {
+            // Per bucket, not cumulative: the encoder sums them up.
+            let mut buckets = [(f64::INFINITY, 0u64); BUCKET_SECONDS.len() + 1];
+            for (i, bucket) in buckets.iter_mut().enumerate() {
+                bucket.0 = BUCKET_SECONDS.get(i).copied().unwrap_or(f64::INFINITY);
+                bucket.1 = load(&m.buckets[i]);
             }
-            cumulative += load(&m.buckets[BUCKET_LABELS.len()]);
-            put(format_args!(
-                "lib_chan_call_duration_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {cumulative}\n"
-            ));
-            put(format_args!(
-                "lib_chan_call_duration_seconds_sum{{service=\"{name}\"}} {}\n",
-                load(&m.duration_nanos) as f64 / 1e9
-            ));
-            put(format_args!(
-                "lib_chan_call_duration_seconds_count{{service=\"{name}\"}} {cumulative}\n"
-            ));
+            let count = buckets.iter().map(|b| b.1).sum();
+            let sum = load(&m.duration_nanos) as f64 / 1e9;
+            family
+                .encode_family(&[("service", name)])?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        let (bytes_in, bytes_out) = services.iter().fold((0u64, 0u64), |(i, o), (_, m)| {
+        let (bytes_in, bytes_out) = self.services.iter().fold((0u64, 0u64), |(i, o), (_, m)| {
             (
                 i.wrapping_add(load(&m.bytes_in)),
                 o.wrapping_add(load(&m.bytes_out)),
             )
         });
-        header(
-            &mut put,
-            "lib_chan_bytes_received_total",
-            "counter",
+        ConstCounter::new(bytes_in).encode(encoder.encode_descriptor(
+            "lib_chan_bytes_received",
             "Frame bytes read from authenticated clients.",
-        );
-        put(format_args!("lib_chan_bytes_received_total {bytes_in}\n"));
-        header(
-            &mut put,
-            "lib_chan_bytes_sent_total",
-            "counter",
+            None,
+            counter,
+        )?)?;
+        ConstCounter::new(bytes_out).encode(encoder.encode_descriptor(
+            "lib_chan_bytes_sent",
             "Frame bytes written to authenticated clients.",
-        );
-        put(format_args!("lib_chan_bytes_sent_total {bytes_out}\n"));
-        let sources: Vec<(String, Arc<dyn crate::Service>)> = self
-            .sources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter_map(|(n, w)| w.upgrade().map(|s| (escape(n), s)))
-            .collect();
-        header(
-            &mut put,
-            "lib_chan_service_events_total",
-            "counter",
+            None,
+            counter,
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            "lib_chan_service_events",
             "Events a service counts itself (a port program's starts and crashes), by service.",
-        );
-        for (name, service) in &sources {
+            None,
+            counter,
+        )?;
+        for (name, service) in &self.sources {
             for (event, n) in service.counters() {
-                put(format_args!(
-                    "lib_chan_service_events_total{{service=\"{name}\",event=\"{}\"}} {n}\n",
-                    escape(event)
-                ));
+                let labels = [("service", name.as_str()), ("event", event)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
-        out
+        Ok(())
     }
-}
-
-fn header(put: &mut impl FnMut(std::fmt::Arguments<'_>), name: &str, kind: &str, help: &str) {
-    put(format_args!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-}
-
-/// A label value as the exposition format wants it: `\`, `"` and newlines escaped.
-fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// What `/readyz` asks: the problems that keep the server from being ready (none: ready).
@@ -409,6 +417,12 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let scrapers = Arc::new(Semaphore::new(MAX_SCRAPERS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // One request per connection; a head longer than MAX_REQUEST is answered 431. (The
+    // title case keeps the headers as the hand-written responder wrote them.)
+    http.keep_alive(false)
+        .max_buf_size(MAX_REQUEST)
+        .title_case_headers(true);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -429,135 +443,91 @@ pub(crate) async fn serve(
         };
         let (metrics, stats, ready) =
             (Arc::clone(&metrics), Arc::clone(&stats), Arc::clone(&ready));
+        let service = hyper::service::service_fn(move |request: Request<_>| {
+            let (metrics, stats, ready) =
+                (Arc::clone(&metrics), Arc::clone(&stats), Arc::clone(&ready));
+            async move {
+                let render = || metrics.render(&stats.snapshot());
+                Ok::<_, Infallible>(
+                    respond(request.method(), request.uri().path(), render, || ready()).await,
+                )
+            }
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
             let _permit = permit;
-            let render = || metrics.render(&stats.snapshot());
-            if tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, render, || ready()))
-                .await
-                .is_err()
-            {
-                tracing::debug!(%peer, "metrics endpoint: request timed out");
+            match tokio::time::timeout(REQUEST_TIMEOUT, connection).await {
+                Err(_) => tracing::debug!(%peer, "metrics endpoint: request timed out"),
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics endpoint: bad request"),
+                Ok(Ok(())) => {}
             }
         });
     }
 }
 
-/// Reads one request head and answers it.
-async fn respond<R, F>(mut stream: TcpStream, render: impl FnOnce() -> String, ready: R)
+/// The content type of the OpenMetrics text format.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of every other answer.
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+/// The answer to `method` on `path`. A `HEAD` gets the `GET` answer's head (hyper
+/// leaves out the body).
+async fn respond<R, F>(
+    method: &Method,
+    path: &str,
+    render: impl FnOnce() -> String,
+    ready: R,
+) -> Response<Full<Bytes>>
 where
     R: FnOnce() -> F,
     F: std::future::Future<Output = Vec<String>>,
 {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        if let Some(end) = find(&buf, b"\r\n\r\n") {
-            break end;
-        }
-        if buf.len() > MAX_REQUEST {
-            reply(&mut stream, "431 Request Header Fields Too Large", "", "").await;
-            // Read a little of the rest, so that closing with input unread does not
-            // reset the connection before the client has read the answer.
-            let mut left = 4 * MAX_REQUEST;
-            let discard = async {
-                while let Ok(n @ 1..) = stream.read(&mut chunk).await {
-                    left = left.saturating_sub(n);
-                    if left == 0 {
-                        break;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), discard).await;
-            return;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let request_line = head.lines().next().unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (method, target, version) = (parts.next(), parts.next(), parts.next());
-    let (Some(method), Some(target), Some(version)) = (method, target, version) else {
-        reply(&mut stream, "400 Bad Request", "", "").await;
-        return;
-    };
-    if !version.starts_with("HTTP/1.") {
-        reply(&mut stream, "400 Bad Request", "", "").await;
-        return;
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return reply(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "not found: try /metrics\n".into(),
+        );
     }
-    let path = target.split('?').next().unwrap_or("");
-    if matches!(path, "/healthz" | "/readyz") {
-        let (status, body) = match path {
-            "/healthz" => ("200 OK", "ok\n".to_owned()),
-            _ => {
-                let problems = ready().await;
-                if problems.is_empty() {
-                    ("200 OK", "ready\n".to_owned())
-                } else {
-                    ("503 Service Unavailable", problems.join("\n") + "\n")
-                }
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, PLAIN, String::new());
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match path {
+        "/metrics" => reply(StatusCode::OK, OPENMETRICS, render()),
+        "/healthz" => reply(StatusCode::OK, PLAIN, "ok\n".into()),
+        _ => {
+            let problems = ready().await;
+            if problems.is_empty() {
+                reply(StatusCode::OK, PLAIN, "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    PLAIN,
+                    problems.join("\n") + "\n",
+                )
             }
-        };
-        match method {
-            "GET" => reply(&mut stream, status, "", &body).await,
-            "HEAD" => reply(&mut stream, status, "", "").await,
-            _ => reply(&mut stream, "405 Method Not Allowed", "", "").await,
         }
-        return;
-    }
-    if path != "/metrics" {
-        reply(
-            &mut stream,
-            "404 Not Found",
-            "",
-            "not found: try /metrics\n",
-        )
-        .await;
-        return;
-    }
-    match method {
-        "GET" => {
-            let body = render();
-            reply(&mut stream, "200 OK", CONTENT_TYPE, &body).await;
-        }
-        "HEAD" => reply(&mut stream, "200 OK", CONTENT_TYPE, "").await,
-        _ => reply(&mut stream, "405 Method Not Allowed", "", "").await,
     }
 }
 
-/// The content type of the Prometheus text format.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Writes a whole response and closes the connection.
-async fn reply(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) {
-    let content_type = if content_type.is_empty() {
-        "text/plain; charset=utf-8"
-    } else {
-        content_type
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
-        body.len(),
-        if status.starts_with("405") {
-            "Allow: GET, HEAD\r\n"
-        } else {
-            ""
-        }
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
-    let _ = stream.shutdown().await;
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     #[test]
     fn calls_fall_in_the_right_buckets_and_render_cumulatively() {
@@ -579,32 +549,40 @@ mod tests {
         let mut stats = StatsSnapshot {
             open: 3,
             authenticated: 1,
+            accepted: 5,
             ..StatsSnapshot::default()
         };
         stats.closes.insert("revoked".into(), 2);
         let text = metrics.render(&stats);
         for line in [
+            "# TYPE lib_chan_connections gauge",
             "lib_chan_connections{service=\"echo\"} 1",
             "lib_chan_connections_unauthenticated 2",
+            "# TYPE lib_chan_connections_accepted counter",
+            "lib_chan_connections_accepted_total 5",
+            "# TYPE lib_chan_auth counter",
             "lib_chan_auth_total{result=\"failed\"} 1",
             "lib_chan_auth_total{result=\"ok\"} 0",
             "lib_chan_logins_total{result=\"ok\",credential=\"ed25519\"} 1",
             "lib_chan_logins_total{result=\"failed\",credential=\"password\"} 0",
             "lib_chan_closes_total{reason=\"revoked\"} 2",
             "lib_chan_calls_total{service=\"echo\"} 3",
-            "lib_chan_call_duration_seconds_bucket{service=\"echo\",le=\"5e-05\"} 2",
-            "lib_chan_call_duration_seconds_bucket{service=\"echo\",le=\"0.0025\"} 2",
-            "lib_chan_call_duration_seconds_bucket{service=\"echo\",le=\"0.005\"} 3",
-            "lib_chan_call_duration_seconds_bucket{service=\"echo\",le=\"1\"} 3",
-            "lib_chan_call_duration_seconds_bucket{service=\"echo\",le=\"+Inf\"} 4",
+            "# TYPE lib_chan_call_duration_seconds histogram",
+            "# UNIT lib_chan_call_duration_seconds seconds",
+            "lib_chan_call_duration_seconds_bucket{le=\"0.00005\",service=\"echo\"} 2",
+            "lib_chan_call_duration_seconds_bucket{le=\"0.0025\",service=\"echo\"} 2",
+            "lib_chan_call_duration_seconds_bucket{le=\"0.005\",service=\"echo\"} 3",
+            "lib_chan_call_duration_seconds_bucket{le=\"1.0\",service=\"echo\"} 3",
+            "lib_chan_call_duration_seconds_bucket{le=\"+Inf\",service=\"echo\"} 4",
             "lib_chan_call_duration_seconds_count{service=\"echo\"} 4",
             "lib_chan_call_duration_seconds_sum{service=\"echo\"} 2.00306",
             "lib_chan_bytes_received_total 100",
             "lib_chan_bytes_sent_total 40",
-            "# TYPE lib_chan_call_duration_seconds histogram",
+            "# TYPE lib_chan_service_events counter",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
         drop(_open);
         assert!(metrics
             .render(&stats)
@@ -613,15 +591,34 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape("x\ny"), "x\\ny");
+        // A service name (from the config) or a close reason with a quote, a backslash or
+        // a newline stays inside its label value: one sample line, escaped as the
+        // exposition format says.
+        let metrics = Metrics::default();
+        metrics.service("a\"b\\c\nd").call_received();
+        let mut stats = StatsSnapshot::default();
+        stats.closes.insert("x\ny".into(), 1);
+        let text = metrics.render(&stats);
+        for line in [
+            r#"lib_chan_calls_total{service="a\"b\\c\nd"} 1"#,
+            r#"lib_chan_connections{service="a\"b\\c\nd"} 0"#,
+            r#"lib_chan_call_duration_seconds_count{service="a\"b\\c\nd"} 0"#,
+            r#"lib_chan_closes_total{reason="x\ny"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        for line in text.lines() {
+            assert!(
+                line.starts_with("# ") || line.starts_with("lib_chan_"),
+                "a label value broke out of its line: {line:?} in\n{text}"
+            );
+        }
     }
 
     #[test]
-    fn bucket_labels_match_their_bounds() {
-        for (label, nanos) in BUCKET_LABELS.iter().zip(BUCKET_NANOS) {
-            let secs: f64 = label.parse().unwrap();
-            assert_eq!((secs * 1e9).round() as u64, nanos, "{label}");
+    fn bucket_bounds_match_in_seconds_and_nanoseconds() {
+        for (secs, nanos) in BUCKET_SECONDS.iter().zip(BUCKET_NANOS) {
+            assert_eq!((secs * 1e9).round() as u64, nanos, "{secs}");
         }
     }
 
@@ -672,21 +669,34 @@ mod tests {
             .unwrap();
         assert!(not.starts_with("HTTP/1.1 503 "), "{not}");
         assert!(not.ends_with("service x: unhealthy\n"), "{not}");
-        let t = Duration::from_secs(10);
         let ok = tokio::time::timeout(t, get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"))
             .await
             .unwrap();
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains("version=0.0.4"), "{ok}");
+        assert!(
+            ok.contains(
+                "\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+            ),
+            "{ok}"
+        );
+        assert!(ok.contains("\r\nConnection: close\r\n"), "{ok}");
         assert!(
             ok.contains("\nlib_chan_auth_total{result=\"ok\"} 1\n"),
             "{ok}"
         );
+        assert!(ok.ends_with("\n# EOF\n"), "{ok}");
         let body_len = ok.split_once("\r\n\r\n").unwrap().1.len();
         assert!(
             ok.contains(&format!("Content-Length: {body_len}\r\n")),
             "{ok}"
         );
+        // HEAD: the same head, no body.
+        let head = tokio::time::timeout(t, get(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n"))
+            .await
+            .unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+        assert!(head.contains("application/openmetrics-text"), "{head}");
         let missing = tokio::time::timeout(t, get(addr, b"GET / HTTP/1.1\r\n\r\n"))
             .await
             .unwrap();
@@ -695,10 +705,18 @@ mod tests {
             .await
             .unwrap();
         assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+        assert!(post.contains("\r\nAllow: GET, HEAD\r\n"), "{post}");
         let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', MAX_REQUEST * 2));
         let big = tokio::time::timeout(t, get(addr, &huge)).await.unwrap();
         assert!(big.starts_with("HTTP/1.1 431 "), "{big}");
+        // A client that sends nothing is dropped after REQUEST_TIMEOUT, and does not
+        // hold up the others meanwhile.
+        let _idle = TcpStream::connect(addr).await.unwrap();
+        let again = tokio::time::timeout(t, get(addr, b"GET /healthz HTTP/1.1\r\n\r\n"))
+            .await
+            .unwrap();
+        assert!(again.starts_with("HTTP/1.1 200 OK\r\n"), "{again}");
         stop.cancel();
         tokio::time::timeout(t, task).await.unwrap().unwrap();
     }

@@ -442,7 +442,7 @@ impl ServerHandle {
         self.reloader.live.load().connections.snapshot()
     }
 
-    /// The metrics as the Prometheus endpoint would serve them (text format 0.0.4),
+    /// The metrics as the Prometheus endpoint would serve them (OpenMetrics text),
     /// with or without an endpoint configured.
     pub fn metrics_text(&self) -> String {
         let state = self.reloader.live.load();
