@@ -4,6 +4,7 @@
 # no `_`: the package is lib-chan (dpkg -L lib-chan); everything in it is lib_chan.
 #
 #   bash packaging/deb.sh           release build, then the package (what to ship)
+#   bash packaging/deb.sh --no-build  the package from the release binary already built
 #   bash packaging/deb.sh --debug   packages the debug binary already built
 #                                   (target/debug/lib_chan, as `cargo test` leaves it):
 #                                   no second build; stripped, fast compression. For the
@@ -17,11 +18,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=release
+build=1
 for arg in "$@"; do
   case "$arg" in
     --debug) profile=dev ;;
+    --no-build) build=0 ;;
     -h | --help)
-      sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -39,14 +42,18 @@ fi
 target_dir="${CARGO_TARGET_DIR:-target}"
 deb_opts=(--no-build --locked)
 if [ "$profile" = release ]; then
-  cargo build --release --locked -p lib_chan --bin lib_chan
+  if [ "$build" = 1 ]; then
+    cargo build --release --locked -p lib_chan --bin lib_chan
+  fi
   bin="$target_dir/release/lib_chan"
 else
   bin="$target_dir/debug/lib_chan"
-  if [ ! -x "$bin" ]; then
-    echo "deb.sh: no $bin: build it first (cargo build -p lib_chan, or cargo test)" >&2
-    exit 1
-  fi
+fi
+if [ ! -x "$bin" ]; then
+  echo "deb.sh: no $bin: build it first (cargo build [--release] -p lib_chan)" >&2
+  exit 1
+fi
+if [ "$profile" = dev ]; then
   # cargo-deb warns that it is meant for release builds: this package is for the
   # install test only.
   deb_opts+=(--profile dev --strip --fast)
