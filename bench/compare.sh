@@ -14,21 +14,39 @@
 # connections.
 #
 #   bash bench/compare.sh            # about 5 minutes
+#   bash bench/compare.sh --quick    # under 2 minutes: one round of 1 s runs, 2,000
+#                                    # idle connections, no port-program row
 #   ROUNDS=3 SECONDS_PER_RUN=5 bash bench/compare.sh
+#   ONLY='lookup' bash bench/compare.sh           # only the rows whose name matches
+#   LIB_CHAN_BIN=/tmp/old/lib_chan bash bench/compare.sh   # another build, not rebuilt
+#   SERVER_WORKERS=1 CLIENT_WORKERS=2 bash bench/compare.sh  # runtime worker threads
 #
 # Needs: redis-server and redis-tools (apt-get install redis-server redis-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=${ROUNDS:-2}
-SECS=${SECONDS_PER_RUN:-4}
-IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+if ((QUICK)); then
+  ROUNDS=${ROUNDS:-1}
+  SECS=${SECONDS_PER_RUN:-1}
+  IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-2000}
+else
+  ROUNDS=${ROUNDS:-2}
+  SECS=${SECONDS_PER_RUN:-4}
+  IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+fi
+ONLY=${ONLY:-}
 for tool in redis-server redis-benchmark; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install redis-server redis-tools" >&2; exit 1; }
 done
 
-cargo build --release --quiet
-BIN=$PWD/target/release/lib_chan
+if [ -n "${LIB_CHAN_BIN:-}" ]; then
+  BIN=$LIB_CHAN_BIN
+else
+  cargo build --release --quiet
+  BIN=$PWD/target/release/lib_chan
+fi
 WORK=$(mktemp -d)
 SERVER_PID=""
 REDIS_PID=""
@@ -48,7 +66,7 @@ HASH=$(echo ABXy45 | "$BIN" hash-password)
 PUBLIC=$("$BIN" keygen --out "$WORK/bench.key" --name bench | awk -F'"' '/^ed25519/ {print $2}')
 FINGERPRINT=$("$BIN" gen-cert --client bench --out "$WORK/certs" | awk -F'"' '/^cert_sha256/ {print $2}')
 PORT_NAMES=""
-if command -v escript >/dev/null; then
+if command -v escript >/dev/null && ! ((QUICK)); then
   PORT_NAMES="[[service]]
 name = \"portNames\"
 password = \"$HASH\"
@@ -80,7 +98,7 @@ cert_sha256 = "$FINGERPRINT"
 EOF
 # Connections need descriptors on both sides.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-RUST_LOG=warn "$BIN" serve --config "$WORK/lib_chan.conf" > "$WORK/serve.log" 2>&1 &
+RUST_LOG=warn TOKIO_WORKER_THREADS=${SERVER_WORKERS:-$(nproc)} "$BIN" serve --config "$WORK/lib_chan.conf" > "$WORK/serve.log" 2>&1 &
 SERVER_PID=$!
 redis-server --port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$WORK/certs/server.pem" \
   --tls-key-file "$WORK/certs/server.key" --tls-ca-cert-file "$WORK/certs/ca.pem" \
@@ -105,7 +123,7 @@ ours_rps() { # connections pipeline op [bench flags...]
   local c=$1 p=$2 op=$3 service=nameServer
   shift 3
   if [ "${1:-}" = "--service" ]; then service=$2; shift 2; fi
-  "$BIN" bench "127.0.0.1:$OUR_PORT" "$service" --ca "$WORK/certs/ca.pem" --connections "$c" \
+  TOKIO_WORKER_THREADS=${CLIENT_WORKERS:-$(nproc)} "$BIN" bench "127.0.0.1:$OUR_PORT" "$service" --ca "$WORK/certs/ca.pem" --connections "$c" \
     --pipeline "$p" --op "$op" "$@" --value-size 16 --duration "$SECS" --json 2>/dev/null |
     tail -1 > "$WORK/bench.json"
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ops_per_sec"])' "$WORK/bench.json"
@@ -119,6 +137,9 @@ CPU_ROWS=()
 row() { # name clients pipeline keepalive op requests [bench flags...]
   local name=$1 clients=$2 pipeline=$3 keepalive=$4 op=$5 requests=$6
   shift 6
+  if [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; then return; fi
+  # redis-benchmark's run about as long as ours: a quarter of the request count in --quick.
+  ((QUICK)) && requests=$((requests / 4))
   local ours=() theirs=() cpu=()
   for _ in $(seq "$ROUNDS"); do
     theirs+=("$(redis_rps "$clients" "$pipeline" "$keepalive" "$requests")")
@@ -157,7 +178,7 @@ echo "| connect + login + 1 lookup | server CPU per round (µs) |"
 echo "|---|---|"
 printf '%s\n' "${CPU_ROWS[@]}"
 
-if [ -n "$PORT_NAMES" ]; then
+if [ -n "$PORT_NAMES" ] && { [ -z "$ONLY" ] || [[ "port" =~ $ONLY ]]; }; then
   # The same lookups through the port program and through the built-in name server.
   builtin=() port=()
   for _ in $(seq "$ROUNDS"); do
@@ -172,6 +193,7 @@ if [ -n "$PORT_NAMES" ]; then
   printf '| mod_name_server vs the book-style Erlang port name server | %.0f | %.0f | %.2f |\n' "$b" "$p" "$(python3 -c "print($p/$b)")"
 fi
 
+if [ -n "$ONLY" ] && ! [[ "idle memory" =~ $ONLY ]]; then exit 0; fi
 # Memory per idle authenticated connection.
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status"; }
 before=$(rss_kib)
