@@ -98,7 +98,7 @@ cert_sha256 = "$FINGERPRINT"
 EOF
 # Connections need descriptors on both sides.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-RUST_LOG=warn TOKIO_WORKER_THREADS=${SERVER_WORKERS:-$(nproc)} "$BIN" serve --config "$WORK/lib_chan.conf" > "$WORK/serve.log" 2>&1 &
+RUST_LOG=warn LIB_CHAN_WORKERS=${SERVER_WORKERS:-$(nproc)} "$BIN" serve --config "$WORK/lib_chan.conf" > "$WORK/serve.log" 2>&1 &
 SERVER_PID=$!
 redis-server --port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$WORK/certs/server.pem" \
   --tls-key-file "$WORK/certs/server.key" --tls-ca-cert-file "$WORK/certs/ca.pem" \
@@ -123,7 +123,8 @@ ours_rps() { # connections pipeline op [bench flags...]
   local c=$1 p=$2 op=$3 service=nameServer
   shift 3
   if [ "${1:-}" = "--service" ]; then service=$2; shift 2; fi
-  TOKIO_WORKER_THREADS=${CLIENT_WORKERS:-$(nproc)} "$BIN" bench "127.0.0.1:$OUR_PORT" "$service" --ca "$WORK/certs/ca.pem" --connections "$c" \
+  "$BIN" bench "127.0.0.1:$OUR_PORT" "$service" --ca "$WORK/certs/ca.pem" --connections "$c" \
+    --workers "${CLIENT_WORKERS:-$(nproc)}" \
     --pipeline "$p" --op "$op" "$@" --value-size 16 --duration "$SECS" --json 2>/dev/null |
     tail -1 > "$WORK/bench.json"
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ops_per_sec"])' "$WORK/bench.json"
@@ -153,14 +154,15 @@ row() { # name clients pipeline keepalive op requests [bench flags...]
   local o t
   o=$(median "${ours[@]}")
   t=$(median "${theirs[@]}")
-  printf '| %s | %.0f | %.0f | %.2f |\n' "$name" "$o" "$t" "$(python3 -c "print($o/$t)")"
+  printf '| %s | %.0f | %.0f | %.2f | %.1f |\n' "$name" "$o" "$t" "$(python3 -c "print($o/$t)")" "$(median "${cpu[@]}")"
   if [ "$op" = connect ]; then
     CPU_ROWS+=("$(printf '| %s | %.0f |' "$name" "$(median "${cpu[@]}")")")
   fi
 }
 
-echo "| scenario | lib_chan ops/s | Redis TLS ops/s | ratio |"
-echo "|---|---|---|---|"
+echo "server: $BIN with ${SERVER_WORKERS:-$(nproc)} worker thread(s); lib_chan bench: ${CLIENT_WORKERS:-$(nproc)}"
+echo "| scenario | lib_chan ops/s | Redis TLS ops/s | ratio | lib_chan server CPU µs/op |"
+echo "|---|---|---|---|---|"
 row "lookup, 1 connection" 1 1 1 lookup 60000
 row "lookup, 50 connections" 50 1 1 lookup 300000
 # redis-benchmark -P 16 writes 16 commands at once and waits for all 16 replies:

@@ -67,6 +67,9 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// Runtime worker threads of the load generator [default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     #[command(flatten)]
     login: LoginArgs,
     #[command(flatten)]
@@ -154,10 +157,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         login,
         options,
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::runtime(args.workers)?;
     runtime.block_on(bench(args, target))
 }
 

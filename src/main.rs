@@ -49,6 +49,10 @@ enum Command {
         /// Listen on this port instead of the configured one (0 picks a free port).
         #[arg(long)]
         port: Option<u16>,
+        /// Runtime worker threads [default: one per core]. On a machine it shares with
+        /// other busy programs, fewer may serve more (bench/compare.sh measures it).
+        #[arg(long, env = "LIB_CHAN_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
     },
     /// Write a development CA and a server certificate signed by it.
     GenCert(admin::GenCertArgs),
@@ -106,7 +110,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, port } => serve::serve(config, port),
+        Command::Serve {
+            config,
+            port,
+            workers,
+        } => serve::serve(config, port, workers),
         Command::GenCert(args) => admin::gen_cert(&args),
         Command::HashPassword => admin::hash_password(),
         Command::Keygen(args) => admin::keygen(&args),
@@ -148,4 +156,17 @@ fn init_logging(default: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .try_init();
+}
+
+/// The multi-threaded tokio runtime `serve` and `bench` run on: `workers` threads, or
+/// tokio's default (one per core, or `TOKIO_WORKER_THREADS`).
+fn runtime(workers: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(usize::from(n));
+    }
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }

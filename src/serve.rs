@@ -31,7 +31,11 @@ use lib_chan_server::{auth, shutdown_signal, Config, Server, ServiceConfig, TlsS
 /// (and the file below), to find the generated password for localhost.
 pub(crate) const DEFAULT_SERVICE: &str = password_file::SERVE_DEFAULT_SERVICE;
 
-pub(crate) fn serve(config: Option<PathBuf>, port: Option<u16>) -> anyhow::Result<()> {
+pub(crate) fn serve(
+    config: Option<PathBuf>,
+    port: Option<u16>,
+    workers: Option<u16>,
+) -> anyhow::Result<()> {
     crate::init_logging("info");
     let registry = lib_chan_services::registry();
     let found = find_config(config);
@@ -51,10 +55,7 @@ pub(crate) fn serve(config: Option<PathBuf>, port: Option<u16>) -> anyhow::Resul
     if let Some(port) = port {
         config.port = port;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::runtime(workers)?;
     runtime.block_on(async {
         let services: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
         let server = Server::bind(config, &registry).await?;
