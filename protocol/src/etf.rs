@@ -8,6 +8,7 @@
 //! name server relies on for key identity.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::BufMut;
 
@@ -17,6 +18,8 @@ use crate::term::{Atom, Term};
 pub const VERSION: u8 = 131;
 /// The deepest nesting the decoder and encoder accept (PROTOCOL.md asks for at least 64).
 pub const MAX_DEPTH: usize = 128;
+/// Tuples and lists of at most this many elements are decoded on the stack first.
+const SMALL_SEQUENCE: usize = 8;
 
 mod tag {
     pub(super) const NEW_FLOAT: u8 = 70;
@@ -525,22 +528,22 @@ impl<'a> Decoder<'a> {
                 let n = self.u32()? as usize;
                 // Each element takes at least one byte, and the tail one more.
                 let n = self.count(n, at, 1)?;
-                let items = self.sequence(n, depth)?;
+                let items = self.shared_sequence(n, depth)?;
                 let tail_at = self.pos;
                 match self.u8()? {
-                    tag::NIL => Ok(Term::List(items.into())),
+                    tag::NIL => Ok(Term::List(items)),
                     _ => Err(self.error_at(tail_at, DecodeErrorKind::ImproperList)),
                 }
             }
             tag::SMALL_TUPLE => {
                 let n = self.u8()?.into();
                 let n = self.count(n, at, 1)?;
-                Ok(Term::Tuple(self.sequence(n, depth)?.into()))
+                Ok(Term::Tuple(self.shared_sequence(n, depth)?))
             }
             tag::LARGE_TUPLE => {
                 let n = self.u32()? as usize;
                 let n = self.count(n, at, 1)?;
-                Ok(Term::Tuple(self.sequence(n, depth)?.into()))
+                Ok(Term::Tuple(self.shared_sequence(n, depth)?))
             }
             tag::MAP => {
                 let n = self.u32()? as usize;
@@ -571,6 +574,25 @@ impl<'a> Decoder<'a> {
             items.push(self.term(depth + 1)?);
         }
         Ok(items)
+    }
+
+    /// [`sequence`](Self::sequence) straight into the shared slice a tuple or list
+    /// holds: a small one (the common request, `{lookup, {key, 7}}`) is gathered on the
+    /// stack and moved into its one allocation, rather than into a vector first and
+    /// then copied into a second.
+    fn shared_sequence(&mut self, n: usize, depth: usize) -> Result<Arc<[Term]>, DecodeError> {
+        if n > SMALL_SEQUENCE {
+            return Ok(self.sequence(n, depth)?.into());
+        }
+        if n > 0 && depth + 1 >= MAX_DEPTH {
+            return Err(self.error(DecodeErrorKind::TooDeep));
+        }
+        let mut items = [const { Term::Int(0) }; SMALL_SEQUENCE];
+        for item in items.iter_mut().take(n) {
+            *item = self.term(depth + 1)?;
+        }
+        // An exact-size iterator: `Arc` allocates once, the size it needs.
+        Ok(items.into_iter().take(n).collect())
     }
 
     fn map(&mut self, n: usize, depth: usize, at: usize) -> Result<Term, DecodeError> {

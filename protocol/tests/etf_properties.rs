@@ -903,3 +903,37 @@ fn message_readers_agree_with_decode_then_from_term() {
     // The generator reaches the messages, not only errors.
     assert!(decoded_ok.load(Ordering::Relaxed) > 50, "{decoded_ok:?}");
 }
+
+/// A request as the name server gets it decodes with one allocation per compound term
+/// and nothing else: each small tuple is gathered on the stack and moved into its one
+/// shared slice (no vector first, copied into a second allocation), and common atoms
+/// are interned. `{call, 7, {lookup, {key, 12}}}`: the outer tuple's elements, then the
+/// two inner tuples; an uncommon atom and a binary cost one each.
+#[test]
+fn a_request_decodes_with_one_allocation_per_compound_term() {
+    let lookup = Term::tuple([
+        Term::atom("call"),
+        Term::Int(7),
+        Term::tuple([
+            Term::atom("lookup"),
+            Term::tuple([Term::atom("key"), Term::Int(12)]),
+        ]),
+    ]);
+    let store = Term::tuple([
+        Term::atom("store"),
+        Term::atom("joe"),
+        Term::binary(b"writing a book"),
+    ]);
+    for (term, allocations) in [(lookup, 3), (store, 3)] {
+        let bytes = encode(&term).unwrap();
+        let mut decoded = None;
+        let info = allocation_counter::measure(|| decoded = Some(decode(&bytes)));
+        assert_eq!(decoded.unwrap().unwrap(), term);
+        assert_eq!(
+            info.count_total,
+            allocations,
+            "allocations decoding {}",
+            show(&term)
+        );
+    }
+}
