@@ -62,8 +62,8 @@ pub(crate) struct ConnCounters {
 }
 
 impl ConnCounters {
-    pub(crate) fn call(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn calls(&self, n: u64) {
+        self.calls.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn received(&self, bytes: usize) {

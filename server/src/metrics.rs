@@ -93,22 +93,30 @@ pub(crate) struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    /// One call arrived.
+    /// `n` calls arrived.
     #[inline]
-    pub(crate) fn call_received(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn calls_received(&self, n: u64) {
+        self.calls.fetch_add(n, Ordering::Relaxed);
     }
 
     /// One call was answered (its reply or error encoded) `elapsed` after it arrived.
     #[inline]
     pub(crate) fn call_answered(&self, elapsed: Duration) {
+        self.calls_answered(1, elapsed);
+    }
+
+    /// `n` calls were answered, each `elapsed` after it arrived (those a middle man
+    /// answered in one pass over what it read: counted once, at the end of the pass).
+    #[inline]
+    pub(crate) fn calls_answered(&self, n: u64, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = BUCKET_NANOS
             .iter()
             .position(|&bound| nanos <= bound)
             .unwrap_or(BUCKET_NANOS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.duration_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.buckets[bucket].fetch_add(n, Ordering::Relaxed);
+        self.duration_nanos
+            .fetch_add(nanos.saturating_mul(n), Ordering::Relaxed);
     }
 
     /// `bytes` of frames were read.
@@ -533,9 +541,8 @@ mod tests {
     fn calls_fall_in_the_right_buckets_and_render_cumulatively() {
         let metrics = Metrics::default();
         let m = metrics.service("echo");
-        m.call_received();
-        m.call_received();
-        m.call_received();
+        m.calls_received(2);
+        m.calls_received(1);
         m.call_answered(Duration::from_micros(10)); // first bucket
         m.call_answered(Duration::from_micros(50)); // on the bound: still the first
         m.call_answered(Duration::from_millis(3)); // le 0.005
@@ -595,7 +602,7 @@ mod tests {
         // a newline stays inside its label value: one sample line, escaped as the
         // exposition format says.
         let metrics = Metrics::default();
-        metrics.service("a\"b\\c\nd").call_received();
+        metrics.service("a\"b\\c\nd").calls_received(1);
         let mut stats = StatsSnapshot::default();
         stats.closes.insert("x\ny".into(), 1);
         let text = metrics.render(&stats);

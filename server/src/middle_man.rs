@@ -147,6 +147,7 @@ where
         identity: setup.identity,
         handed_over: 0,
         handler_finished,
+        pass: PassTally::default(),
     };
     let reason = conn
         .serve(&events_tx, handler, setup.shutdown, setup.revoked)
@@ -179,6 +180,19 @@ struct Connection<S> {
     /// Events the handler has finished with (see [`HandlerProgress`]): when equal to
     /// `handed_over`, the handler is idle and a call may be answered here.
     handler_finished: Arc<std::sync::atomic::AtomicU64>,
+    /// What the current pass over read frames counted (see [`Connection::settle_pass`]).
+    pass: PassTally,
+}
+
+/// What one pass over the frames read counted, added to the shared counters at its end.
+#[derive(Debug, Default)]
+struct PassTally {
+    /// Frame bytes read (length prefixes included).
+    bytes: usize,
+    /// Calls received.
+    calls: u64,
+    /// Calls answered in the middle man ([`Service::answer_now`]).
+    answered: u64,
 }
 
 /// What ended the main loop, with what is needed to finish.
@@ -287,13 +301,17 @@ where
                                 drain.as_mut().reset(Instant::now() + self.limits.shutdown_grace);
                                 break;
                             }
-                            Err(reason) => break 'serve reason,
+                            Err(reason) => {
+                                self.settle_pass();
+                                break 'serve reason;
+                            }
                         }
                         taken += 1;
                         if pending.is_none() && taken < FRAMES_PER_PASS {
                             next = self.buffered_frame();
                         }
                     }
+                    self.settle_pass();
                 }
                 // Last, when nothing else is ready: write what the batch produced, so
                 // that a burst of pipelined calls is answered with one write.
@@ -307,6 +325,29 @@ where
         Ended {
             reason,
             handler: Some(handler),
+        }
+    }
+
+    /// Adds what this pass over the read frames counted to the service's and the
+    /// connection's counters: a few shared atomic additions per pass, not per frame
+    /// (the service's counters are shared by all its connections, on every core).
+    fn settle_pass(&mut self) {
+        let PassTally {
+            bytes,
+            calls,
+            answered,
+        } = std::mem::take(&mut self.pass);
+        if bytes > 0 {
+            self.metrics.received(bytes);
+            self.counters.received(bytes);
+        }
+        if calls > 0 {
+            self.metrics.calls_received(calls);
+            self.counters.calls(calls);
+        }
+        if answered > 0 {
+            self.metrics
+                .calls_answered(answered, self.read_at.elapsed());
         }
     }
 
@@ -350,8 +391,7 @@ where
         let payload = match frame {
             None => return Err(CloseReason::ClientGone("end of stream".into())),
             Some(Ok(p)) => {
-                self.metrics.received(p.len() + 4);
-                self.counters.received(p.len() + 4);
+                self.pass.bytes += p.len() + 4;
                 p
             }
             Some(Err(FrameError::TooLarge { .. })) => {
@@ -377,15 +417,14 @@ where
         match message {
             ClientMessage::Send(x) => Ok(Some(Event::Send(x))),
             ClientMessage::Call { id, body } => {
-                self.metrics.call_received();
-                self.counters.call();
+                self.pass.calls += 1;
                 if self.in_flight.contains_key(&id) {
                     protocol_error!(peer = %self.middle_man.peer(), id, "call reuses a ref still in flight");
                     return Err(CloseReason::Protocol(ErrorReason::BadMessage));
                 }
                 if let Some(reply) = self.answer_now(&body) {
                     self.encode(ServerMessage::Reply { id, body: reply });
-                    self.metrics.call_answered(self.read_at.elapsed());
+                    self.pass.answered += 1;
                     if self.write_buf.len() >= FLUSH_AT {
                         self.flush().await.map_err(|WriteFailed(r)| r)?;
                     }
