@@ -140,7 +140,7 @@ pub(crate) async fn handshake(
     peer: SocketAddr,
     conn: u64,
     state: &ServerState,
-) -> Result<Authenticated<TlsStream<TcpStream>>, HandshakeFailure> {
+) -> Result<Authenticated<Box<TlsStream<TcpStream>>>, HandshakeFailure> {
     let limits = &state.limits;
     let started = Instant::now();
     let pre_auth_deadline = started + limits.handshake_timeout;
@@ -174,7 +174,9 @@ pub(crate) async fn handshake(
         conn,
         tls: info,
     };
-    authenticate(tls, peer, state, pre_auth_deadline).await
+    // Boxed once here: the stream (over a kilobyte of TLS state) then moves from the
+    // handshake into the middle man, and sits in each one's future, as a pointer.
+    authenticate(Box::new(tls), peer, state, pre_auth_deadline).await
 }
 
 /// The handshake after TLS, over any stream: `start_service` (answering pings) and the
