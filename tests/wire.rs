@@ -346,3 +346,29 @@ async fn a_burst_of_frames_in_one_write_is_handled_in_order_then_closed() {
     assert_eq!(got, expected);
     assert!(peer.closed().await);
 }
+
+/// The server picks TLS13_AES_128_GCM_SHA256 (SHA-NI and fewer AES rounds) even from a
+/// client that prefers AES-256-GCM-SHA384, as rustls's, OpenSSL's and Erlang's do; the
+/// seed session still runs over it.
+#[tokio::test]
+async fn the_server_picks_aes_128_gcm_whatever_the_client_prefers() {
+    let server = TestServer::start().await;
+    let mut peer = authenticated(&server, "nameServer").await;
+    let (_, tls) = peer.reader.get_ref().get_ref();
+    let client_order: Vec<_> = rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| s.suite())
+        .collect();
+    assert_eq!(
+        client_order.first(),
+        Some(&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384),
+        "the client prefers another suite: this test no longer shows the server's choice"
+    );
+    assert_eq!(
+        tls.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+    peer.send(&term!({call, 1, {lookup, jim}})).await;
+    assert_eq!(peer.recv().await.unwrap(), term!({reply, 1, undefined}));
+}
