@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# How cost grows with the work: the sibling of bench/compare.sh.
+#
+# Three sweeps, each against a fresh release server (and, for connections, a TLS
+# redis-server beside it) on loopback:
+#   connections  lookups at 1, 10, 50, 200, 1,000, 10,000 connections: throughput,
+#                p50 and p99, ours and Redis's (redis-benchmark -c N);
+#   names        10^3, 10^5, 10^6 names in the memory and the file store: lookup and
+#                store rates, server memory per name, and the file's size per name;
+#   value size   16 B, 1 KiB, 64 KiB values in both stores: lookup and store rates and
+#                the server's memory per name.
+# Figures go to docs/bench/growth.json, and bench/plot_growth.py draws them as SVG
+# charts beside it (matplotlib, installed with pip when missing).
+#
+#   bash bench/growth.sh            # about 5 minutes; writes docs/bench/
+#   bash bench/growth.sh --quick    # under 2 minutes: fewer points, shorter runs,
+#                                   # written to a temporary directory instead
+#   OUT=/tmp/g bash bench/growth.sh # anywhere else
+#
+# Needs: redis-server and redis-tools; python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+if ((QUICK)); then
+  SECS=1
+  CONNECTIONS=(1 10 50 200 1000)
+  NAMES=(1000 100000)
+  SIZES=(16 1024 65536)
+else
+  SECS=${SECONDS_PER_RUN:-3}
+  CONNECTIONS=(1 10 50 200 1000 10000)
+  NAMES=(1000 100000 1000000)
+  SIZES=(16 1024 65536)
+fi
+for tool in redis-server redis-benchmark python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install redis-server redis-tools python3" >&2; exit 1; }
+done
+
+cargo build --release --quiet
+BIN=$PWD/target/release/lib_chan
+WORK=$(mktemp -d)
+if ((QUICK)); then OUT=${OUT:-$WORK/out}; else OUT=${OUT:-$PWD/docs/bench}; fi
+mkdir -p "$OUT"
+SERVER_PID=""
+REDIS_PID=""
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+"$BIN" gen-cert --out "$WORK/certs" --host localhost --host 127.0.0.1 >/dev/null
+HASH=$(echo ABXy45 | "$BIN" hash-password)
+export LIB_CHAN_PASSWORD=ABXy45
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status"; }
+
+# Starts a fresh server on the given store ("memory" or "file:...").
+start_server() {
+  [ -n "$SERVER_PID" ] && { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; }
+  rm -f "$WORK"/names.redb
+  PORT=$(free_port)
+  cat > "$WORK/lib_chan.conf" <<EOF
+port = $PORT
+bind = "127.0.0.1"
+[tls]
+cert = "certs/server.pem"
+key = "certs/server.key"
+[limits]
+max_connections = 12000
+max_unauth = 4096
+unauth_drop_start = 4096
+max_unauth_per_source = 4096
+[[service]]
+name = "nameServer"
+password = "$HASH"
+handler = "mod_name_server"
+args = "notUsed"
+store = "$1"
+EOF
+  RUST_LOG=warn "$BIN" serve --config "$WORK/lib_chan.conf" > "$WORK/serve.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 100); do grep -q "listening on" "$WORK/serve.log" 2>/dev/null && break; sleep 0.1; done
+  grep -q "listening on" "$WORK/serve.log" || { cat "$WORK/serve.log"; exit 1; }
+}
+
+# One `lib_chan bench` run; its JSON line is printed.
+ours() { # connections pipeline op keys value_size
+  "$BIN" bench "127.0.0.1:$PORT" nameServer --ca "$WORK/certs/ca.pem" --connections "$1" \
+    --pipeline "$2" --op "$3" --keys "$4" --value-size "$5" --duration "$SECS" --json 2>/dev/null | tail -1
+}
+
+# Every figure, one JSON object per line, gathered at the end.
+RESULTS=$WORK/results.jsonl
+: > "$RESULTS"
+record() { echo "$1" >> "$RESULTS"; }
+
+echo "connections: ${CONNECTIONS[*]}" >&2
+start_server memory
+REDIS_PORT=$(free_port)
+redis-server --port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$WORK/certs/server.pem" \
+  --tls-key-file "$WORK/certs/server.key" --tls-ca-cert-file "$WORK/certs/ca.pem" \
+  --tls-auth-clients no --save '' --appendonly no --maxclients 20000 > "$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+for _ in $(seq 100); do redis-cli --tls --cacert "$WORK/certs/ca.pem" -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis-benchmark --tls --cacert "$WORK/certs/ca.pem" -p "$REDIS_PORT" -t set -d 16 -r 1000 -n 20000 -q >/dev/null 2>&1
+for c in "${CONNECTIONS[@]}"; do
+  json=$(ours "$c" 1 lookup 1000 16)
+  record "{\"sweep\":\"connections\",\"server\":\"lib_chan\",\"x\":$c,\"bench\":$json}"
+  # About as many requests as ours answered in the same time, and at least one each.
+  n=$(python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(max(int(j["ops_per_sec"]*float(sys.argv[2])), 10*int(sys.argv[3])))' "$json" "$SECS" "$c")
+  csv=$(redis-benchmark --tls --cacert "$WORK/certs/ca.pem" -p "$REDIS_PORT" -t get -d 16 -r 1000 \
+    -c "$c" -n "$n" --csv 2>/dev/null | grep '"GET"' || true)
+  record "$(python3 -c 'import json,sys; print(json.dumps({"sweep": "connections", "server": "redis", "x": int(sys.argv[1]), "csv": sys.argv[2]}))' "$c" "$csv")"
+done
+kill "$REDIS_PID"; REDIS_PID=""
+
+for store in memory file; do
+  spec=memory; [ "$store" = file ] && spec="file:names.redb"
+  # The baseline: the same server and load with one 16-byte name; what a point's server
+  # holds beyond it is what its names cost.
+  start_server "$spec"
+  ours 10 16 lookup 1 16 >/dev/null
+  base=$(rss_kib)
+  for n in "${NAMES[@]}"; do
+    echo "names: $store, $n" >&2
+    start_server "$spec"
+    before=$(rss_kib)
+    lookup=$(ours 10 16 lookup "$n" 16)
+    after=$(rss_kib)
+    store_json=$(ours 10 16 store "$n" 16)
+    file=0; [ "$store" = file ] && file=$(stat -c %s "$WORK/names.redb")
+    record "{\"sweep\":\"names\",\"store\":\"$store\",\"x\":$n,\"rss_before_kib\":$before,\"rss_base_kib\":$base,\"rss_after_kib\":$after,\"file_bytes\":$file,\"lookup\":$lookup,\"store_op\":$store_json}"
+  done
+  for size in "${SIZES[@]}"; do
+    echo "value size: $store, $size B" >&2
+    start_server "$spec"
+    before=$(rss_kib)
+    lookup=$(ours 10 16 lookup 1000 "$size")
+    after=$(rss_kib)
+    store_json=$(ours 10 16 store 1000 "$size")
+    file=0; [ "$store" = file ] && file=$(stat -c %s "$WORK/names.redb")
+    record "{\"sweep\":\"value_size\",\"store\":\"$store\",\"x\":$size,\"rss_before_kib\":$before,\"rss_base_kib\":$base,\"rss_after_kib\":$after,\"file_bytes\":$file,\"lookup\":$lookup,\"store_op\":$store_json}"
+  done
+done
+
+python3 bench/plot_growth.py --results "$RESULTS" --out "$OUT" --seconds "$SECS" \
+  --command "bash bench/growth.sh$( ((QUICK)) && echo ' --quick')"
+echo "figures and charts in $OUT" >&2
