@@ -19,6 +19,8 @@
 #   ROUNDS=3 SECONDS_PER_RUN=5 bash bench/compare.sh
 #   ONLY='lookup' bash bench/compare.sh           # only the rows whose name matches
 #   LIB_CHAN_BIN=/tmp/old/lib_chan bash bench/compare.sh   # another build, not rebuilt
+#   SERVER_BIN=/tmp/old/lib_chan bash bench/compare.sh     # another build as the server
+#                                   # only; the load generator stays this one
 #   SERVER_WORKERS=1 CLIENT_WORKERS=2 bash bench/compare.sh  # runtime worker threads
 #
 # Needs: redis-server and redis-tools (apt-get install redis-server redis-tools).
@@ -98,7 +100,7 @@ cert_sha256 = "$FINGERPRINT"
 EOF
 # Connections need descriptors on both sides.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-RUST_LOG=warn LIB_CHAN_WORKERS=${SERVER_WORKERS:-$(nproc)} "$BIN" serve --config "$WORK/lib_chan.conf" > "$WORK/serve.log" 2>&1 &
+RUST_LOG=warn LIB_CHAN_WORKERS=${SERVER_WORKERS:-$(nproc)} "${SERVER_BIN:-$BIN}" serve --config "$WORK/lib_chan.conf" > "$WORK/serve.log" 2>&1 &
 SERVER_PID=$!
 redis-server --port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$WORK/certs/server.pem" \
   --tls-key-file "$WORK/certs/server.key" --tls-ca-cert-file "$WORK/certs/ca.pem" \
@@ -160,7 +162,7 @@ row() { # name clients pipeline keepalive op requests [bench flags...]
   fi
 }
 
-echo "server: $BIN with ${SERVER_WORKERS:-$(nproc)} worker thread(s); lib_chan bench: ${CLIENT_WORKERS:-$(nproc)}"
+echo "server: ${SERVER_BIN:-$BIN} with ${SERVER_WORKERS:-$(nproc)} worker thread(s); lib_chan bench: ${CLIENT_WORKERS:-$(nproc)}"
 echo "| scenario | lib_chan ops/s | Redis TLS ops/s | ratio | lib_chan server CPU µs/op |"
 echo "|---|---|---|---|---|"
 row "lookup, 1 connection" 1 1 1 lookup 60000
