@@ -43,23 +43,8 @@ for tool in redis-server redis-benchmark; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install redis-server redis-tools" >&2; exit 1; }
 done
 
-if [ -n "${LIB_CHAN_BIN:-}" ]; then
-  BIN=$LIB_CHAN_BIN
-else
-  cargo build --release --quiet
-  BIN=$PWD/target/release/lib_chan
-fi
-WORK=$(mktemp -d)
-SERVER_PID=""
-REDIS_PID=""
-cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
-  [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/common.sh
+source bench/common.sh
 OUR_PORT=$(free_port)
 REDIS_PORT=$(free_port)
 "$BIN" gen-cert --out "$WORK/certs" --host localhost --host 127.0.0.1 >/dev/null
@@ -75,22 +60,9 @@ password = \"$HASH\"
 handler = \"port\"
 command = [\"escript\", \"$PWD/clients/erlang/examples/name_server.escript\"]"
 fi
-cat > "$WORK/lib_chan.conf" <<EOF
-port = $OUR_PORT
-bind = "127.0.0.1"
-[tls]
-cert = "certs/server.pem"
-key = "certs/server.key"
-[limits]
-max_connections = $((IDLE_CONNECTIONS + 1000))
-max_unauth = 4096
-unauth_drop_start = 4096
-max_unauth_per_source = 4096
-[[service]]
-name = "nameServer"
-password = "$HASH"
-handler = "mod_name_server"
-args = "notUsed"
+{
+  base_config "$OUR_PORT" $((IDLE_CONNECTIONS + 1000))
+  cat <<EOF
 $PORT_NAMES
 [[user]]
 name = "bench"
@@ -98,16 +70,12 @@ services = ["*"]
 ed25519 = "$PUBLIC"
 cert_sha256 = "$FINGERPRINT"
 EOF
-# Connections need descriptors on both sides.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+} > "$WORK/lib_chan.conf"
 RUST_LOG=warn LIB_CHAN_WORKERS=${SERVER_WORKERS:-$(nproc)} "${SERVER_BIN:-$BIN}" serve --config "$WORK/lib_chan.conf" > "$WORK/serve.log" 2>&1 &
 SERVER_PID=$!
-redis-server --port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$WORK/certs/server.pem" \
-  --tls-key-file "$WORK/certs/server.key" --tls-ca-cert-file "$WORK/certs/ca.pem" \
-  --tls-auth-clients no --save '' --appendonly no --maxclients 20000 > "$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
+start_redis
 for _ in $(seq 100); do
-  grep -q "listening on" "$WORK/serve.log" 2>/dev/null && redis-cli --tls --cacert "$WORK/certs/ca.pem" -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+  grep -q "listening on" "$WORK/serve.log" 2>/dev/null && break
   sleep 0.1
 done
 export LIB_CHAN_PASSWORD=ABXy45

@@ -14,8 +14,9 @@
 #
 #   bash bench/growth.sh            # about 5 minutes; writes docs/bench/
 #   bash bench/growth.sh --quick    # under 2 minutes: fewer points, shorter runs,
-#                                   # written to a temporary directory instead
+#                                   # written to a new temporary directory instead
 #   OUT=/tmp/g bash bench/growth.sh # anywhere else
+#   LIB_CHAN_BIN=PATH bash bench/growth.sh  # another build, not rebuilt
 #
 # Needs: redis-server and redis-tools; python3.
 set -euo pipefail
@@ -38,22 +39,10 @@ for tool in redis-server redis-benchmark python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install redis-server redis-tools python3" >&2; exit 1; }
 done
 
-cargo build --release --quiet
-BIN=$PWD/target/release/lib_chan
-WORK=$(mktemp -d)
-if ((QUICK)); then OUT=${OUT:-$WORK/out}; else OUT=${OUT:-$PWD/docs/bench}; fi
+# shellcheck source=bench/common.sh
+source bench/common.sh
+if ((QUICK)); then OUT=${OUT:-$(mktemp -d)}; else OUT=${OUT:-$PWD/docs/bench}; fi
 mkdir -p "$OUT"
-SERVER_PID=""
-REDIS_PID=""
-cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
-  [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 "$BIN" gen-cert --out "$WORK/certs" --host localhost --host 127.0.0.1 >/dev/null
 HASH=$(echo ABXy45 | "$BIN" hash-password)
 export LIB_CHAN_PASSWORD=ABXy45
@@ -64,24 +53,7 @@ start_server() {
   [ -n "$SERVER_PID" ] && { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; }
   rm -f "$WORK"/names.redb
   PORT=$(free_port)
-  cat > "$WORK/lib_chan.conf" <<EOF
-port = $PORT
-bind = "127.0.0.1"
-[tls]
-cert = "certs/server.pem"
-key = "certs/server.key"
-[limits]
-max_connections = 12000
-max_unauth = 4096
-unauth_drop_start = 4096
-max_unauth_per_source = 4096
-[[service]]
-name = "nameServer"
-password = "$HASH"
-handler = "mod_name_server"
-args = "notUsed"
-store = "$1"
-EOF
+  base_config "$PORT" 12000 "$1" > "$WORK/lib_chan.conf"
   RUST_LOG=warn "$BIN" serve --config "$WORK/lib_chan.conf" > "$WORK/serve.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 100); do grep -q "listening on" "$WORK/serve.log" 2>/dev/null && break; sleep 0.1; done
@@ -102,11 +74,7 @@ record() { echo "$1" >> "$RESULTS"; }
 echo "connections: ${CONNECTIONS[*]}" >&2
 start_server memory
 REDIS_PORT=$(free_port)
-redis-server --port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$WORK/certs/server.pem" \
-  --tls-key-file "$WORK/certs/server.key" --tls-ca-cert-file "$WORK/certs/ca.pem" \
-  --tls-auth-clients no --save '' --appendonly no --maxclients 20000 > "$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
-for _ in $(seq 100); do redis-cli --tls --cacert "$WORK/certs/ca.pem" -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis
 redis-benchmark --tls --cacert "$WORK/certs/ca.pem" -p "$REDIS_PORT" -t set -d 16 -r 1000 -n 20000 -q >/dev/null 2>&1
 for c in "${CONNECTIONS[@]}"; do
   json=$(ours "$c" 1 lookup 1000 16)
