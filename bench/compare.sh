@@ -13,7 +13,7 @@
 # Then measures the server's memory per idle authenticated connection with 10,000
 # connections.
 #
-#   bash bench/compare.sh            # about 5 minutes
+#   bash bench/compare.sh            # about 3 minutes (36 s with --quick)
 #   bash bench/compare.sh --quick    # under 2 minutes: one round of 1 s runs, 2,000
 #                                    # idle connections, no port-program row
 #   ROUNDS=3 SECONDS_PER_RUN=5 bash bench/compare.sh

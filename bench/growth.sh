@@ -12,7 +12,7 @@
 # Figures go to docs/bench/growth.json, and bench/plot_growth.py draws them as SVG
 # charts beside it (matplotlib, installed with pip when missing).
 #
-#   bash bench/growth.sh            # about 5 minutes; writes docs/bench/
+#   bash bench/growth.sh            # about 3.5 minutes; writes docs/bench/
 #   bash bench/growth.sh --quick    # under 2 minutes: fewer points, shorter runs,
 #                                   # written to a new temporary directory instead
 #   OUT=/tmp/g bash bench/growth.sh # anywhere else
