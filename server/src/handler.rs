@@ -276,7 +276,8 @@ pub(crate) struct MiddleManShared {
     pub(crate) id: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) service: String,
-    pub(crate) out: mpsc::UnboundedSender<(Outbound, usize)>,
+    /// What the middle man is to write, in order.
+    pub(crate) out: crate::outbound::OutQueue,
     /// One permit per push allowed to wait in the outbound queue.
     pub(crate) push_permits: Arc<Semaphore>,
     /// Encoded bytes queued and not yet written; the middle man stops handing the
@@ -304,25 +305,18 @@ pub(crate) fn next_connection_id() -> u64 {
 }
 
 impl MiddleMan {
-    pub(crate) fn new(
-        id: u64,
-        peer: SocketAddr,
-        service: String,
-        queue: usize,
-    ) -> (MiddleMan, mpsc::UnboundedReceiver<(Outbound, usize)>) {
-        let (out, rx) = mpsc::unbounded_channel();
-        let mm = MiddleMan {
+    pub(crate) fn new(id: u64, peer: SocketAddr, service: String, queue: usize) -> MiddleMan {
+        MiddleMan {
             inner: Arc::new(MiddleManShared {
                 id,
                 peer,
                 service,
-                out,
+                out: crate::outbound::OutQueue::default(),
                 push_permits: Arc::new(Semaphore::new(queue)),
                 queued_bytes: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
             }),
-        };
-        (mm, rx)
+        }
     }
 
     /// Pushes `{send, Y}` to the client, waiting while the outbound queue is full.
@@ -405,7 +399,8 @@ impl MiddleMan {
             Outbound::Close | Outbound::SlowConsumer => 0,
         };
         self.inner.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.inner.out.send((o, bytes)).map_err(|_| ChannelClosed)
+        self.inner.out.push((o, bytes));
+        Ok(())
     }
 
     /// Encoded bytes queued for the client and not yet written.

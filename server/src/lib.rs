@@ -128,6 +128,7 @@ mod health;
 mod login;
 pub mod metrics;
 mod middle_man;
+mod outbound;
 pub mod port_config;
 pub mod registry;
 pub mod reload;

@@ -112,7 +112,7 @@ pub(crate) async fn run<S>(reader: FramedRead<S, FrameCodec>, setup: Setup) -> C
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (middle_man, out_rx) = MiddleMan::new(
+    let middle_man = MiddleMan::new(
         setup.id,
         setup.peer,
         setup.service_name,
@@ -136,7 +136,6 @@ where
         // Allocated on the first write: idle connections hold no write buffer.
         write_buf: BytesMut::new(),
         middle_man,
-        out_rx,
         in_flight: HashMap::new(),
         read_at: std::time::Instant::now(),
         limits: setup.limits,
@@ -162,7 +161,6 @@ struct Connection<S> {
     /// Frames encoded and not yet written; written and flushed once per batch.
     write_buf: BytesMut,
     middle_man: MiddleMan,
-    out_rx: mpsc::UnboundedReceiver<(Outbound, usize)>,
     /// Calls handed to the handler and not yet answered, with when each arrived.
     in_flight: HashMap<Ref, std::time::Instant>,
     /// When the frames being handled were read: one clock reading per pass of the
@@ -244,7 +242,7 @@ where
             tokio::select! {
                 // Outbound first: answering what was asked beats reading more.
                 biased;
-                Some(first) = self.out_rx.recv() => {
+                first = self.middle_man.inner.out.pop() => {
                     match self.write_outbound(first).await {
                         Ok(None) => {}
                         Ok(Some(reason)) => break reason,
@@ -465,7 +463,7 @@ where
             .handler_finished
             .load(std::sync::atomic::Ordering::Acquire)
             == self.handed_over;
-        if !idle || !self.out_rx.is_empty() {
+        if !idle || !self.middle_man.inner.out.is_empty() {
             return None;
         }
         self.service.answer_now(request, &self.identity)
@@ -534,7 +532,7 @@ where
             }
             count += 1;
             if count < MAX_BATCH {
-                item = self.out_rx.try_recv().ok();
+                item = self.middle_man.inner.out.try_pop();
             }
         }
         if let Some(reason) = &closing {
@@ -622,7 +620,7 @@ where
             CloseReason::ClientGone(_) | CloseReason::Protocol(ErrorReason::SlowConsumer)
         );
         if client_reachable && !matches!(reason, CloseReason::HandlerClosed) {
-            while let Ok(o) = self.out_rx.try_recv() {
+            while let Some(o) = self.middle_man.inner.out.try_pop() {
                 if matches!(o.0, Outbound::Close | Outbound::SlowConsumer) {
                     break;
                 }
