@@ -560,15 +560,21 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// Refuses a container of `n` elements at `depth` whose elements would sit at
+    /// [`MAX_DEPTH`]; an empty container has none, so it is fine at any depth the
+    /// encoder accepts.
+    fn descend(&self, n: usize, depth: usize) -> Result<(), DecodeError> {
+        if n > 0 && depth + 1 >= MAX_DEPTH {
+            return Err(self.error(DecodeErrorKind::TooDeep));
+        }
+        Ok(())
+    }
+
     /// Decodes `n` elements one level deeper. The vector grows as elements actually
     /// arrive, so nested headers that each claim the whole rest of the payload cannot
     /// multiply the memory reserved ahead of the data.
     fn sequence(&mut self, n: usize, depth: usize) -> Result<Vec<Term>, DecodeError> {
-        // The elements sit one level deeper; an empty container has none, so it is fine
-        // at any depth the encoder accepts.
-        if n > 0 && depth + 1 >= MAX_DEPTH {
-            return Err(self.error(DecodeErrorKind::TooDeep));
-        }
+        self.descend(n, depth)?;
         let mut items = Vec::with_capacity(n.min(16));
         for _ in 0..n {
             items.push(self.term(depth + 1)?);
@@ -584,9 +590,7 @@ impl<'a> Decoder<'a> {
         if n > SMALL_SEQUENCE {
             return Ok(self.sequence(n, depth)?.into());
         }
-        if n > 0 && depth + 1 >= MAX_DEPTH {
-            return Err(self.error(DecodeErrorKind::TooDeep));
-        }
+        self.descend(n, depth)?;
         let mut items = [const { Term::Int(0) }; SMALL_SEQUENCE];
         for item in items.iter_mut().take(n) {
             *item = self.term(depth + 1)?;
@@ -596,9 +600,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn map(&mut self, n: usize, depth: usize, at: usize) -> Result<Term, DecodeError> {
-        if n > 0 && depth + 1 >= MAX_DEPTH {
-            return Err(self.error(DecodeErrorKind::TooDeep));
-        }
+        self.descend(n, depth)?;
         let mut entries: Vec<(Term, Term)> = Vec::with_capacity(n.min(16));
         for _ in 0..n {
             let k = self.term(depth + 1)?;

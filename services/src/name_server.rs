@@ -634,6 +634,8 @@ impl Service for NameServer {
     /// man's task (the handler would do the same, later and on another task). Every
     /// other request, and lookups on the file and Redis stores, go to the handler.
     fn answer_now(&self, request: &Term, _identity: &Identity) -> Option<Term> {
+        // `{lookup, K}` as `Request::from_term` reads it, matched here directly: a full
+        // parse would be done again by the handler for every call that is not a lookup.
         let [tag, key] = request.as_tuple()? else {
             return None;
         };

@@ -159,6 +159,13 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
+    /// [`get`] within ten seconds.
+    async fn fetch(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        tokio::time::timeout(Duration::from_secs(10), get(addr, request))
+            .await
+            .expect("the endpoint answers within 10 s")
+    }
+
     async fn get(addr: std::net::SocketAddr, request: &[u8]) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
         // The server may answer (and stop reading) before the whole request is written.
@@ -189,26 +196,18 @@ mod tests {
             stop.clone(),
         ));
         let t = Duration::from_secs(10);
-        let health = tokio::time::timeout(t, get(addr, b"GET /healthz HTTP/1.1\r\n\r\n"))
-            .await
-            .unwrap();
+        let health = fetch(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
         assert!(
             health.starts_with("HTTP/1.1 200 OK\r\n") && health.ends_with("\r\n\r\nok\n"),
             "{health}"
         );
-        let ready = tokio::time::timeout(t, get(addr, b"GET /readyz HTTP/1.1\r\n\r\n"))
-            .await
-            .unwrap();
+        let ready = fetch(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await;
         assert!(ready.ends_with("\r\n\r\nready\n"), "{ready}");
         problems.lock().unwrap().push("service x: unhealthy".into());
-        let not = tokio::time::timeout(t, get(addr, b"GET /readyz HTTP/1.1\r\n\r\n"))
-            .await
-            .unwrap();
+        let not = fetch(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await;
         assert!(not.starts_with("HTTP/1.1 503 "), "{not}");
         assert!(not.ends_with("service x: unhealthy\n"), "{not}");
-        let ok = tokio::time::timeout(t, get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"))
-            .await
-            .unwrap();
+        let ok = fetch(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(
             ok.contains(
@@ -228,31 +227,23 @@ mod tests {
             "{ok}"
         );
         // HEAD: the same head, no body.
-        let head = tokio::time::timeout(t, get(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n"))
-            .await
-            .unwrap();
+        let head = fetch(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(head.ends_with("\r\n\r\n"), "{head}");
         assert!(head.contains("application/openmetrics-text"), "{head}");
-        let missing = tokio::time::timeout(t, get(addr, b"GET / HTTP/1.1\r\n\r\n"))
-            .await
-            .unwrap();
+        let missing = fetch(addr, b"GET / HTTP/1.1\r\n\r\n").await;
         assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
-        let post = tokio::time::timeout(t, get(addr, b"POST /metrics HTTP/1.1\r\n\r\n"))
-            .await
-            .unwrap();
+        let post = fetch(addr, b"POST /metrics HTTP/1.1\r\n\r\n").await;
         assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
         assert!(post.contains("\r\nAllow: GET, HEAD\r\n"), "{post}");
         let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', MAX_REQUEST * 2));
-        let big = tokio::time::timeout(t, get(addr, &huge)).await.unwrap();
+        let big = fetch(addr, &huge).await;
         assert!(big.starts_with("HTTP/1.1 431 "), "{big}");
         // A client that sends nothing is dropped after REQUEST_TIMEOUT, and does not
         // hold up the others meanwhile.
         let _idle = TcpStream::connect(addr).await.unwrap();
-        let again = tokio::time::timeout(t, get(addr, b"GET /healthz HTTP/1.1\r\n\r\n"))
-            .await
-            .unwrap();
+        let again = fetch(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
         assert!(again.starts_with("HTTP/1.1 200 OK\r\n"), "{again}");
         stop.cancel();
         tokio::time::timeout(t, task).await.unwrap().unwrap();

@@ -477,7 +477,7 @@ impl NameStore for MemoryStore {
     }
 
     fn lookup(&self, key: Term) -> StoreFuture<Option<Term>> {
-        ready(self.lock().entries.get(&key).map(|e| e.value.clone()))
+        ready(self.lookup_now(&key).flatten())
     }
 
     fn lookup_now(&self, key: &Term) -> Option<Option<Term>> {
