@@ -3,8 +3,8 @@
 //! A `Channel` is a cheap `Clone` handle to one dispatch task (the `dispatch` module) that
 //! owns the TLS connection, as in async-nats's client and tarpc's `Channel`. Callers do
 //! the expensive part themselves: each `cast`, `rpc` or `ping` encodes its frame in the
-//! calling task and hands finished bytes to the dispatch task over a bounded queue, so
-//! the single task that owns the socket only copies, encrypts and writes.
+//! calling task, straight into the bounded outbox the dispatch task takes from (the
+//! `outbox` module), so the single task that owns the socket only encrypts and writes.
 //!
 //! Calls are pipelined: any number of tasks may `rpc` at once on one channel. Each call
 //! takes a fresh `Ref` from a counter, registers it in the in-flight map
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use lib_chan_protocol::message::{ClientMessage, Ref, Welcome};
 use lib_chan_protocol::{FrameCodec, FrameError, Term};
 use tokio::net::TcpStream;
@@ -27,6 +27,7 @@ use tokio_rustls::client::TlsStream;
 use crate::dispatch::{Dispatch, CLOSE_TIMEOUT};
 use crate::error::{CloseReason, Error};
 use crate::in_flight::{Armed, InFlight, Kind};
+use crate::outbox::Outbox;
 
 /// How many encoded frames may wait for the dispatch task before `cast`/`rpc` wait too.
 pub const OUTGOING_QUEUE: usize = 1024;
@@ -35,10 +36,10 @@ pub const OUTGOING_QUEUE: usize = 1024;
 pub const PUSH_QUEUE: usize = 1024;
 
 /// What the handles share; the dispatch task holds none of it but the `Arc`s inside, so
-/// dropping the last handle drops `outgoing`, which tells the dispatch task to close.
+/// dropping the last handle closes `outbox`, which tells the dispatch task to close.
 struct Shared {
     /// Encoded frames to the dispatch task.
-    outgoing: mpsc::Sender<Bytes>,
+    outbox: Arc<Outbox>,
     /// Pushes from the dispatch task; a tokio mutex, as `recv` waits while holding it.
     pushes: Mutex<mpsc::Receiver<Term>>,
     /// Calls and pings waiting for an answer.
@@ -58,6 +59,13 @@ struct Shared {
     rpc_timeout: Duration,
     /// `host:port`, for `Debug`.
     addr: String,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last handle is gone: the dispatch task sends what is queued, then `close`.
+        self.outbox.close();
+    }
 }
 
 /// An open channel to a service: send with [`cast`](Self::cast), call with
@@ -108,7 +116,7 @@ impl Channel {
         keepalive: Option<Duration>,
         addr: String,
     ) -> Channel {
-        let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let outbox = Arc::new(Outbox::new(OUTGOING_QUEUE));
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
         let (closed_tx, closed_rx) = watch::channel(None);
         let in_flight = Arc::new(InFlight::default());
@@ -120,7 +128,7 @@ impl Channel {
             stream,
             codec: codec.clone(),
             leftover,
-            outgoing: out_rx,
+            outbox: outbox.clone(),
             pushes: push_tx,
             in_flight: in_flight.clone(),
             closed: closed_tx,
@@ -133,7 +141,7 @@ impl Channel {
         tokio::spawn(dispatch.run());
         Channel {
             shared: Arc::new(Shared {
-                outgoing: out_tx,
+                outbox,
                 pushes: Mutex::new(push_rx),
                 in_flight,
                 closed: closed_rx,
@@ -183,8 +191,8 @@ impl Channel {
     /// `msg` cannot be sent (e.g. larger than [`max_frame`](Self::max_frame)).
     pub async fn cast(&self, msg: Term) -> Result<(), Error> {
         self.check_open()?;
-        let frame = self.encode(&ClientMessage::Send(msg))?;
-        self.send_frame(frame).await
+        self.send(1, |buf| self.encode_into(buf, &ClientMessage::Send(msg)))
+            .await
     }
 
     /// Sends `{call, Ref, Req}` and waits for the reply `Y` of `{reply, Ref, Y}`, for at
@@ -281,7 +289,12 @@ impl Channel {
             // dispatch task.
             let mut delivered = 0;
             let outcome = tokio::time::timeout(timeout, async {
-                if self.shared.outgoing.send(frames.freeze()).await.is_err() {
+                let count = waiting.len();
+                let queued = self.shared.outbox.push(count, |buf| {
+                    buf.extend_from_slice(&frames);
+                    Ok::<(), Error>(())
+                });
+                if queued.await.is_err() {
                     return Err(self.reason_now());
                 }
                 for (index, rx) in waiting.iter_mut() {
@@ -397,18 +410,16 @@ impl Channel {
             return Err((e, false));
         }
         let id = self.shared.next_ref.fetch_add(1, Ordering::Relaxed);
-        let frame = self
-            .encode(&ClientMessage::Call { id, body: req })
-            .map_err(|e| (e, false))?;
         let rx = self
             .shared
             .in_flight
             .register(id, Kind::Call)
             .map_err(|r| (Error::Closed(r), false))?;
         let guard = Armed::new(&self.shared.in_flight, id);
+        let message = ClientMessage::Call { id, body: req };
         let mut queued = false;
         let answer = tokio::time::timeout(timeout, async {
-            self.send_frame(frame).await?;
+            self.send(1, |buf| self.encode_into(buf, &message)).await?;
             queued = true;
             Ok(rx.await)
         })
@@ -437,7 +448,6 @@ impl Channel {
     ) -> Result<Term, Error> {
         self.check_open()?;
         let id = self.shared.next_ref.fetch_add(1, Ordering::Relaxed);
-        let frame = self.encode(&message(id))?;
         // Registered before the frame is queued, so the answer always finds its entry.
         let rx = self
             .shared
@@ -446,8 +456,9 @@ impl Channel {
             .map_err(Error::Closed)?;
         // From here on, leaving early (timeout, error, future dropped) removes the entry.
         let guard = Armed::new(&self.shared.in_flight, id);
+        let message = message(id);
         let answer = tokio::time::timeout(timeout, async {
-            self.send_frame(frame).await?;
+            self.send(1, |buf| self.encode_into(buf, &message)).await?;
             Ok(rx.await)
         })
         .await;
@@ -496,13 +507,6 @@ impl Channel {
         CloseReason::ConnectionLost("the connection task was stopped".to_owned())
     }
 
-    /// Encodes `message` as one frame, in the calling task.
-    fn encode(&self, message: &ClientMessage) -> Result<Bytes, Error> {
-        let mut buf = BytesMut::with_capacity(128);
-        self.encode_into(&mut buf, message)?;
-        Ok(buf.freeze())
-    }
-
     /// Appends `message` to `buf` as one frame; on error `buf` is left as it was.
     fn encode_into(&self, buf: &mut BytesMut, message: &ClientMessage) -> Result<(), Error> {
         self.shared
@@ -516,13 +520,17 @@ impl Channel {
             })
     }
 
-    /// Queues an encoded frame for the dispatch task; waits while the queue is full.
-    async fn send_frame(&self, frame: Bytes) -> Result<(), Error> {
-        self.shared
-            .outgoing
-            .send(frame)
-            .await
-            .map_err(|_| Error::Closed(self.reason_now()))
+    /// Queues `frames` frames, encoded by `encode` straight into the outbox; waits while
+    /// the outbox is full.
+    async fn send(
+        &self,
+        frames: usize,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        match self.shared.outbox.push(frames, encode).await {
+            Ok(encoded) => encoded,
+            Err(_closed) => Err(Error::Closed(self.reason_now())),
+        }
     }
 }
 

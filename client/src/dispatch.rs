@@ -8,10 +8,9 @@
 //!   `{pong, ..}` complete entries of the in-flight map; `{send, Y}` goes to the push
 //!   queue (waiting when it is full, which is the backpressure [`Channel::recv`]
 //!   documents); `close` and `{error, Reason}` end the connection.
-//! - the **writer** takes already-encoded frames from the outgoing queue. After one
-//!   frame it drains whatever else is queued (`try_recv`) into one buffer and writes and
-//!   flushes once, so a burst of pipelined calls costs one TLS record and one syscall
-//!   instead of one each.
+//! - the **writer** takes every frame the handles encoded into the outbox (the `outbox`
+//!   module) at once, by swapping buffers, and writes and flushes once, so a burst of
+//!   pipelined calls costs one TLS record and one syscall instead of one each.
 //!
 //! - the **keepalive** loop (only with [`ConnectOptions::keepalive`]) asks the writer for
 //!   a `{ping, Ref}` every interval, and ends the connection with
@@ -55,6 +54,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::error::{CloseReason, Error};
 use crate::in_flight::{InFlight, Kind};
+use crate::outbox::Outbox;
 
 /// How long a client-initiated close may take: sending `close` and close_notify, then
 /// waiting for the server to close its side.
@@ -65,9 +65,6 @@ const WRITE_FAILURE_GRACE: Duration = Duration::from_millis(500);
 
 /// How long to spend saying goodbye (close_notify) after the server ended the connection.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
-/// The writer stops draining the queue into one batch at this size.
-const MAX_BATCH: usize = 64 * 1024;
 
 /// A batch buffer that grew beyond this (after a huge frame) is given back.
 const KEEP_BATCH_CAPACITY: usize = 256 * 1024;
@@ -82,8 +79,8 @@ pub(crate) struct Dispatch {
     pub(crate) codec: FrameCodec,
     /// Bytes read past the welcome during the handshake.
     pub(crate) leftover: BytesMut,
-    /// Encoded frames from the handles; `None` once every handle is dropped.
-    pub(crate) outgoing: mpsc::Receiver<Bytes>,
+    /// Encoded frames from the handles; closed once every handle is dropped.
+    pub(crate) outbox: Arc<Outbox>,
     /// Pushes for [`Channel::recv`](crate::Channel::recv).
     pub(crate) pushes: mpsc::Sender<Term>,
     /// Waiting calls and pings.
@@ -127,7 +124,7 @@ impl Dispatch {
             stream,
             codec,
             leftover,
-            mut outgoing,
+            outbox,
             pushes,
             in_flight,
             closed,
@@ -152,7 +149,7 @@ impl Dispatch {
         let (reason, server_ended) = {
             let read = read_loop(&mut reader, &in_flight, &pushes, &liveness);
             let writer = Writer {
-                outgoing: &mut outgoing,
+                outbox: &outbox,
                 pings: &mut ping_rx,
                 close_requested: &close_requested,
                 close_frame: &close_frame,
@@ -198,6 +195,8 @@ impl Dispatch {
         // Fail every waiting call first: they should not wait for our goodbye.
         in_flight.close(reason.clone());
         closed.send_replace(Some(reason));
+        // No more frames: a handle's cast or call fails with the reason from here on.
+        outbox.close();
         // No more pushes: `recv` returns `None` once the queue is drained.
         drop(pushes);
         if server_ended {
@@ -300,7 +299,7 @@ async fn keepalive_loop(
 /// The writer's inputs, borrowed from the dispatch task.
 struct Writer<'a> {
     /// Encoded frames from the handles.
-    outgoing: &'a mut mpsc::Receiver<Bytes>,
+    outbox: &'a Outbox,
     /// Keepalive's requests for a ping.
     pings: &'a mut mpsc::Receiver<()>,
     close_requested: &'a Notify,
@@ -319,7 +318,7 @@ impl Writer<'_> {
     /// closes or a write fails.
     async fn run<W: AsyncWrite + Unpin>(self, wr: &mut W) -> WriteEnd {
         let Writer {
-            outgoing,
+            outbox,
             pings,
             close_requested,
             close_frame,
@@ -327,13 +326,14 @@ impl Writer<'_> {
             next_ref,
             heard,
         } = self;
+        // Swapped with the outbox's buffer at each take: the two go back and forth.
         let mut batch = BytesMut::new();
         // Whether the last write carried more than one frame.
         let mut last_was_batch = false;
         // `heard` at the last write.
         let mut heard_at_write = heard.load(Ordering::Relaxed);
         loop {
-            let first = tokio::select! {
+            tokio::select! {
                 biased;
                 // Pings first: behind a steady stream of casts they would never go out,
                 // and the server would be taken for dead.
@@ -342,23 +342,31 @@ impl Writer<'_> {
                     batch.clear();
                     // `{ping, Ref}` is a few bytes: it fits any limit a server announces.
                     let _ = codec.encode_term(&ClientMessage::Ping(id).to_term(), &mut batch);
-                    if let Err(e) = write_and_flush(wr, &batch).await {
+                    let written = write_and_flush(wr, &batch).await;
+                    batch.clear();
+                    if let Err(e) = written {
                         return WriteEnd::Failed(e);
                     }
                     continue;
                 }
                 // Frames queued before a close request go out first (and the close
-                // sequence drains the rest).
-                frame = outgoing.recv() => frame,
-                () = close_requested.notified() => None,
-            };
-            let Some(first) = first else {
-                // close() was called, or every handle is gone.
-                return close_sequence(wr, outgoing, &mut batch, close_frame).await;
-            };
-            let mut next = outgoing.try_recv();
+                // sequence takes the rest).
+                () = outbox.ready() => {}
+                () = close_requested.notified() => {
+                    return close_sequence(wr, outbox, &mut batch, close_frame).await;
+                }
+            }
+            let mut frames = outbox.take(&mut batch);
+            if frames == 0 {
+                if outbox.is_closed() {
+                    // Every handle is gone.
+                    return close_sequence(wr, outbox, &mut batch, close_frame).await;
+                }
+                // Woken for frames an earlier take already wrote.
+                continue;
+            }
             let heard_now = heard.load(Ordering::Relaxed);
-            if next.is_err() && (last_was_batch || heard_now > heard_at_write + 1) {
+            if frames == 1 && (last_was_batch || heard_now > heard_at_write + 1) {
                 // Calls are coming in bursts, or several replies came since the last
                 // write (each woke a caller, who may be about to call again): let the
                 // tasks that are ready queue their frames too, so that they go out in one
@@ -366,30 +374,15 @@ impl Writer<'_> {
                 // away (tokio runs a task woken by the running one next), and every
                 // frame would go out alone. A lone caller is not made to wait.
                 tokio::task::yield_now().await;
-                next = outgoing.try_recv();
+                frames += outbox.take(&mut batch);
             }
             heard_at_write = heard_now;
-            last_was_batch = next.is_ok();
-            let written = match next {
-                // Nothing else queued: write the frame as it is, no copy.
-                Err(_) => write_and_flush(wr, &first).await,
-                Ok(second) => {
-                    batch.clear();
-                    batch.extend_from_slice(&first);
-                    batch.extend_from_slice(&second);
-                    while batch.len() < MAX_BATCH {
-                        match outgoing.try_recv() {
-                            Ok(frame) => batch.extend_from_slice(&frame),
-                            Err(_) => break,
-                        }
-                    }
-                    let written = write_and_flush(wr, &batch).await;
-                    if batch.capacity() > KEEP_BATCH_CAPACITY {
-                        batch = BytesMut::new();
-                    }
-                    written
-                }
-            };
+            last_was_batch = frames > 1;
+            let written = write_and_flush(wr, &batch).await;
+            batch.clear();
+            if batch.capacity() > KEEP_BATCH_CAPACITY {
+                batch = BytesMut::new();
+            }
             if let Err(e) = written {
                 return WriteEnd::Failed(e);
             }
@@ -400,17 +393,15 @@ impl Writer<'_> {
 /// Sends what is still queued, then `close`, then close_notify, within [`CLOSE_TIMEOUT`].
 async fn close_sequence<W: AsyncWrite + Unpin>(
     wr: &mut W,
-    outgoing: &mut mpsc::Receiver<Bytes>,
+    outbox: &Outbox,
     batch: &mut BytesMut,
     close_frame: &Bytes,
 ) -> WriteEnd {
     let deadline = Instant::now() + CLOSE_TIMEOUT;
-    // No new frames from here on; the ones already queued are still received.
-    outgoing.close();
+    // No new frames from here on; the ones already queued still go out.
+    outbox.close();
     batch.clear();
-    while let Ok(frame) = outgoing.try_recv() {
-        batch.extend_from_slice(&frame);
-    }
+    outbox.take(batch);
     batch.extend_from_slice(close_frame);
     let goodbye = async {
         write_and_flush(wr, batch).await?;

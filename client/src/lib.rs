@@ -53,6 +53,7 @@ mod in_flight;
 pub mod login;
 pub mod names;
 pub mod options;
+mod outbox;
 pub mod password_file;
 pub mod reconnect;
 mod tls;
