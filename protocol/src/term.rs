@@ -15,8 +15,45 @@ use std::sync::Arc;
 /// An Erlang atom, such as `ok` or `'hello world'`.
 ///
 /// At most [`Atom::MAX_CHARS`] characters, as in Erlang.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Atom(Arc<str>);
+#[derive(Clone)]
+pub struct Atom(AtomText);
+
+/// Where an atom's text lives. The common atoms point into a static table, so that
+/// making, cloning and dropping one touches no shared reference count: a count shared
+/// by every connection on every core would bounce between the cores' caches on each
+/// request. Other atoms own their text. Both variants fit in 16 bytes, so a [`Term`]
+/// stays 24.
+#[derive(Clone)]
+enum AtomText {
+    Common(&'static &'static str),
+    Owned(Arc<str>),
+}
+
+impl PartialEq for Atom {
+    fn eq(&self, other: &Atom) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Atom {}
+
+impl Hash for Atom {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for Atom {
+    fn partial_cmp(&self, other: &Atom) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Atom {
+    fn cmp(&self, other: &Atom) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
 
 impl Atom {
     /// The longest atom Erlang accepts, in characters.
@@ -28,22 +65,26 @@ impl Atom {
     /// clones a shared pointer instead of allocating.
     pub fn new(name: &str) -> Option<Atom> {
         if let Some(i) = common_atom_index(name) {
-            return Some(INTERNED[i].clone());
+            return Some(Atom(AtomText::Common(&COMMON_ATOMS[i])));
         }
         if name.len() > Self::MAX_CHARS && name.chars().count() > Self::MAX_CHARS {
             return None;
         }
-        Some(Atom(Arc::from(name)))
+        Some(Atom(AtomText::Owned(Arc::from(name))))
     }
 
     /// The atom's text, without quotes.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            AtomText::Common(text) => text,
+            AtomText::Owned(text) => text,
+        }
     }
 }
 
-/// Atoms common enough on the hot path to share one allocation each.
-const COMMON_ATOMS: [&str; 24] = [
+/// Atoms common enough on the hot path to be made without an allocation or a shared
+/// reference count.
+static COMMON_ATOMS: [&str; 24] = [
     "ok",
     "error",
     "true",
@@ -101,9 +142,6 @@ fn common_atom_index(name: &str) -> Option<usize> {
         _ => return None,
     })
 }
-
-static INTERNED: std::sync::LazyLock<Vec<Atom>> =
-    std::sync::LazyLock::new(|| COMMON_ATOMS.iter().map(|a| Atom(Arc::from(*a))).collect());
 
 impl fmt::Debug for Atom {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -512,13 +550,23 @@ mod tests {
     }
 
     #[test]
-    fn common_atoms_share_one_allocation() {
+    fn common_atoms_point_into_the_table_and_others_own_their_text() {
         let a = Atom::new("reply").unwrap();
-        let b = Atom::new("reply").unwrap();
-        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert!(matches!(a.0, AtomText::Common(text) if std::ptr::eq(text, &COMMON_ATOMS[6])));
         assert_eq!(a.as_str(), "reply");
         let c = Atom::new("uncommon").unwrap();
-        assert!(!Arc::ptr_eq(&c.0, &Atom::new("uncommon").unwrap().0));
+        assert!(matches!(&c.0, AtomText::Owned(text) if &**text == "uncommon"));
+        // Where the text lives changes nothing a caller can see.
+        let owned = Atom(AtomText::Owned(Arc::from("reply")));
+        assert_eq!(a, owned);
+        assert_eq!(a.cmp(&owned), Ordering::Equal);
+        let state = std::collections::hash_map::RandomState::new();
+        assert_eq!(
+            std::hash::BuildHasher::hash_one(&state, &a),
+            std::hash::BuildHasher::hash_one(&state, &owned)
+        );
+        assert!(Atom::new("ok").unwrap() < Atom::new("reply").unwrap());
+        assert_eq!(std::mem::size_of::<Term>(), 24);
     }
 
     #[test]
