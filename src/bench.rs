@@ -67,7 +67,9 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object on the last line.
     #[arg(long)]
     json: bool,
-    /// Runtime worker threads of the load generator [default: one per core].
+    /// Threads of the load generator, each with a single-threaded runtime and its share
+    /// of the connections, as redis-benchmark runs its event loop [default: one per
+    /// core].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
     #[command(flatten)]
@@ -157,108 +159,212 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         login,
         options,
     });
-    let runtime = crate::runtime(args.workers)?;
-    runtime.block_on(bench(args, target))
+    if args.op == Op::Idle {
+        let runtime = crate::runtime(args.workers)?;
+        let duration = Duration::from_secs_f64(args.duration);
+        return runtime.block_on(idle(args, &target, duration));
+    }
+    bench(args, target)
 }
 
-async fn bench(args: &BenchArgs, target: Arc<Target>) -> anyhow::Result<()> {
+/// A single-threaded runtime, for one shard of the load.
+fn local_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start an async runtime")
+}
+
+/// When the callers count their calls, and when they stop.
+#[derive(Debug, Default)]
+struct Clock {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// What every caller is asked to do.
+#[derive(Clone)]
+struct Work {
+    target: Arc<Target>,
+    clock: Arc<Clock>,
+    op: Op,
+    /// Calls per batch (1: one call at a time).
+    batch: usize,
+    keys: usize,
+    value: Term,
+}
+
+/// Runs the load on `--workers` threads, each a single-threaded runtime holding its share
+/// of the connections and their callers, so that a connection's dispatch task and its
+/// callers share a core and hand work to each other without waking another thread.
+fn bench(args: &BenchArgs, target: Arc<Target>) -> anyhow::Result<()> {
     let duration = Duration::from_secs_f64(args.duration);
     let value = Term::binary(vec![b'v'; args.value_size]);
-    if args.op == Op::Idle {
-        return idle(args, &target, duration).await;
-    }
-    // The channels, and the keys a lookup will find.
-    let mut channels = Vec::new();
-    if args.op != Op::Connect {
-        for _ in 0..args.connections {
-            channels.push(target.connect().await.context("connect")?);
-        }
-    }
     if matches!(args.op, Op::Lookup | Op::Connect) {
-        preload(&target, args.keys, &value).await?;
+        local_runtime()?.block_on(preload(&target, args.keys, &value))?;
     }
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
     let batch = if args.batch && args.op != Op::Connect {
         args.pipeline
     } else {
         1
     };
-    let worker_count = if args.op == Op::Connect {
-        args.connections
-    } else {
-        args.connections * args.pipeline / batch
+    let work = Work {
+        target,
+        clock: Arc::new(Clock::default()),
+        op: args.op,
+        batch,
+        keys: args.keys,
+        value,
     };
-    for w in 0..worker_count {
-        let channel = channels.get(w % channels.len().max(1)).cloned();
-        let (measuring, stop) = (Arc::clone(&measuring), Arc::clone(&stop));
-        let (target, value, op, keys) = (Arc::clone(&target), value.clone(), args.op, args.keys);
-        workers.push(tokio::spawn(async move {
-            let mut tally = Tally::default();
-            let mut i = w * 7919;
-            let mut next_key = || {
-                i = i.wrapping_add(1);
-                key(i % keys)
-            };
-            // Nothing shared is written per call (no common counter): the load
-            // generator's cores would fight over its cache line.
-            let record = |tally: &mut Tally, started: Instant, result| {
-                if measuring.load(Ordering::Relaxed) {
-                    match result {
-                        Ok(_) => {
-                            let us = started.elapsed().as_micros().min(u32::MAX as u128);
-                            tally.latencies_us.push(us as u32);
-                        }
-                        Err(e) => tally.error(e),
-                    }
-                }
-            };
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                match (op, &channel) {
-                    (Op::Connect, _) | (_, None) => {
-                        let result = connect_and_lookup(&target, next_key()).await;
-                        record(&mut tally, started, result);
-                    }
-                    (_, Some(ch)) if batch > 1 => {
-                        let reqs: Vec<Term> = (0..batch)
-                            .map(|_| request(op, next_key(), &value))
-                            .collect();
-                        for result in ch.rpc_many(reqs).await {
-                            record(&mut tally, started, result);
-                        }
-                    }
-                    (_, Some(ch)) => {
-                        let result = ch.rpc(request(op, next_key(), &value)).await;
-                        record(&mut tally, started, result);
-                    }
-                }
-            }
-            tally
-        }));
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let shards = args
+        .workers
+        .map_or(cores, usize::from)
+        .clamp(1, args.connections);
+    // Every shard has connected when the run starts.
+    let connected = Arc::new(std::sync::Barrier::new(shards + 1));
+    let mut threads = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        let connections: Vec<usize> = (shard..args.connections).step_by(shards).collect();
+        let (work, connected) = (work.clone(), Arc::clone(&connected));
+        // A reconnecting client per --connections for --op connect.
+        let callers = if args.op == Op::Connect {
+            1
+        } else {
+            args.pipeline / batch
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("bench-{shard}"))
+            .spawn(move || -> anyhow::Result<Vec<Tally>> {
+                local_runtime()?.block_on(run_shard(work, &connections, callers, &connected))
+            })
+            .context("cannot start a load thread")?;
+        threads.push(thread);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    measuring.store(true, Ordering::Relaxed);
+    connected.wait();
+    std::thread::sleep(Duration::from_secs(1));
+    work.clock.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    measuring.store(false, Ordering::Relaxed);
+    std::thread::sleep(duration);
+    work.clock.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
+    work.clock.stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
-    for w in workers {
-        let t = w.await.context("a bench worker panicked")?;
-        all.extend(t.latencies_us);
-        errors += t.errors;
-        first_error = first_error.or(t.first_error);
+    let mut failure = None;
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(tallies)) => {
+                for t in tallies {
+                    all.extend(t.latencies_us);
+                    errors += t.errors;
+                    first_error = first_error.or(t.first_error);
+                }
+            }
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(_) => failure = failure.or(Some(anyhow::anyhow!("a load thread panicked"))),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    report(args, &mut all, errors, first_error, elapsed);
+    Ok(())
+}
+
+/// One thread's share: opens its connections (none for `--op connect`), waits at
+/// `connected` with the other shards, runs `callers` callers on each until the clock
+/// stops, then closes them.
+async fn run_shard(
+    work: Work,
+    connections: &[usize],
+    callers: usize,
+    connected: &std::sync::Barrier,
+) -> anyhow::Result<Vec<Tally>> {
+    let mut channels = Vec::new();
+    let opened: anyhow::Result<()> = async {
+        if work.op != Op::Connect {
+            for _ in connections {
+                channels.push(work.target.connect().await.context("connect")?);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Waited for even after a failure, or the other shards would wait forever.
+    connected.wait();
+    opened?;
+    let mut tasks = Vec::new();
+    for (n, &connection) in connections.iter().enumerate() {
+        for c in 0..callers {
+            let channel = channels.get(n).cloned();
+            let seed = (connection * callers + c) * 7919;
+            tasks.push(tokio::spawn(caller(work.clone(), channel, seed)));
+        }
+    }
+    let mut tallies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        tallies.push(task.await.context("a bench caller panicked")?);
     }
     for ch in channels {
         ch.close().await;
     }
-    report(args, &mut all, errors, first_error, elapsed);
-    Ok(())
+    Ok(tallies)
+}
+
+/// Calls (or connects, for `--op connect`) until the clock stops; with a channel and a
+/// batch above 1, sends batches with `rpc_many`.
+async fn caller(work: Work, channel: Option<Channel>, seed: usize) -> Tally {
+    let Work {
+        target,
+        clock,
+        op,
+        batch,
+        keys,
+        value,
+    } = work;
+    let mut tally = Tally::default();
+    let mut i = seed;
+    let mut next_key = || {
+        i = i.wrapping_add(1);
+        key(i % keys)
+    };
+    // Nothing shared is written per call (no common counter): the load generator's
+    // cores would fight over its cache line.
+    let record = |tally: &mut Tally, started: Instant, result: Result<Term, _>| {
+        if clock.measuring.load(Ordering::Relaxed) {
+            match result {
+                Ok(_) => {
+                    let us = started.elapsed().as_micros().min(u32::MAX as u128);
+                    tally.latencies_us.push(us as u32);
+                }
+                Err(e) => tally.error(e),
+            }
+        }
+    };
+    while !clock.stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        match &channel {
+            None => {
+                let result = connect_and_lookup(&target, next_key()).await;
+                record(&mut tally, started, result);
+            }
+            Some(ch) if batch > 1 => {
+                let reqs: Vec<Term> = (0..batch)
+                    .map(|_| request(op, next_key(), &value))
+                    .collect();
+                for result in ch.rpc_many(reqs).await {
+                    record(&mut tally, started, result);
+                }
+            }
+            Some(ch) => {
+                let result = ch.rpc(request(op, next_key(), &value)).await;
+                record(&mut tally, started, result);
+            }
+        }
+    }
+    tally
 }
 
 /// Stores the `keys` keys a lookup will find, in batches of calls on one channel (a

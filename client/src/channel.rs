@@ -406,7 +406,7 @@ impl Channel {
         req: Term,
         timeout: Duration,
     ) -> Result<Term, (Error, bool)> {
-        if let Err(e) = self.check_open() {
+        if let Err(e) = self.check_not_closing() {
             return Err((e, false));
         }
         let id = self.shared.next_ref.fetch_add(1, Ordering::Relaxed);
@@ -446,7 +446,7 @@ impl Channel {
         phase: &'static str,
         timeout: Duration,
     ) -> Result<Term, Error> {
-        self.check_open()?;
+        self.check_not_closing()?;
         let id = self.shared.next_ref.fetch_add(1, Ordering::Relaxed);
         // Registered before the frame is queued, so the answer always finds its entry.
         let rx = self
@@ -483,6 +483,18 @@ impl Channel {
             Some(reason) => Err(Error::Closed(reason)),
             None => Ok(()),
         }
+    }
+
+    /// [`check_open`](Self::check_open) for a call, which registers in the in-flight map
+    /// next: the map refuses with the reason once the connection has ended (it is closed
+    /// before the reason is published), so only `close()` needs checking here. One load
+    /// of a flag written once, where reading the published reason takes the watch
+    /// channel's lock, which every core calling on this channel would bounce.
+    fn check_not_closing(&self) -> Result<(), Error> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(Error::Closed(self.reason_now()));
+        }
+        Ok(())
     }
 
     /// Why nothing can be sent any more, if the channel is closed or closing.

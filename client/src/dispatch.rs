@@ -332,37 +332,41 @@ impl Writer<'_> {
         let mut last_was_batch = false;
         // `heard` at the last write.
         let mut heard_at_write = heard.load(Ordering::Relaxed);
+        // Made once, and the outbox's anew only after it fired: registering new waiters
+        // on every pass of the loop costs a lock each.
+        let close = close_requested.notified();
+        tokio::pin!(close);
+        let woken = outbox.woken();
+        tokio::pin!(woken);
         loop {
-            tokio::select! {
-                biased;
-                // Pings first: behind a steady stream of casts they would never go out,
-                // and the server would be taken for dead.
-                Some(()) = pings.recv() => {
-                    let id = next_ref.fetch_add(1, Ordering::Relaxed);
-                    batch.clear();
-                    // `{ping, Ref}` is a few bytes: it fits any limit a server announces.
-                    let _ = codec.encode_term(&ClientMessage::Ping(id).to_term(), &mut batch);
-                    let written = write_and_flush(wr, &batch).await;
-                    batch.clear();
-                    if let Err(e) = written {
-                        return WriteEnd::Failed(e);
-                    }
-                    continue;
-                }
-                // Frames queued before a close request go out first (and the close
-                // sequence takes the rest).
-                () = outbox.ready() => {}
-                () = close_requested.notified() => {
-                    return close_sequence(wr, outbox, &mut batch, close_frame).await;
+            // Pings first: behind a steady stream of casts they would never go out, and
+            // the server would be taken for dead.
+            if pings.try_recv().is_ok() {
+                if let Err(e) = write_ping(wr, codec, next_ref, &mut batch).await {
+                    return WriteEnd::Failed(e);
                 }
             }
-            let mut frames = outbox.take(&mut batch);
+            let taken = outbox.take(&mut batch);
+            let mut frames = taken.frames;
             if frames == 0 {
-                if outbox.is_closed() {
+                if taken.closed {
                     // Every handle is gone.
                     return close_sequence(wr, outbox, &mut batch, close_frame).await;
                 }
-                // Woken for frames an earlier take already wrote.
+                tokio::select! {
+                    biased;
+                    Some(()) = pings.recv() => {
+                        if let Err(e) = write_ping(wr, codec, next_ref, &mut batch).await {
+                            return WriteEnd::Failed(e);
+                        }
+                    }
+                    // Frames queued before a close request go out first (and the close
+                    // sequence takes the rest).
+                    () = &mut woken => woken.set(outbox.woken()),
+                    () = &mut close => {
+                        return close_sequence(wr, outbox, &mut batch, close_frame).await;
+                    }
+                }
                 continue;
             }
             let heard_now = heard.load(Ordering::Relaxed);
@@ -374,7 +378,7 @@ impl Writer<'_> {
                 // away (tokio runs a task woken by the running one next), and every
                 // frame would go out alone. A lone caller is not made to wait.
                 tokio::task::yield_now().await;
-                frames += outbox.take(&mut batch);
+                frames += outbox.take(&mut batch).frames;
             }
             heard_at_write = heard_now;
             last_was_batch = frames > 1;
@@ -388,6 +392,22 @@ impl Writer<'_> {
             }
         }
     }
+}
+
+/// Writes a `{ping, Ref}` on its own.
+async fn write_ping<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    codec: &FrameCodec,
+    next_ref: &AtomicU64,
+    batch: &mut BytesMut,
+) -> io::Result<()> {
+    let id = next_ref.fetch_add(1, Ordering::Relaxed);
+    batch.clear();
+    // `{ping, Ref}` is a few bytes: it fits any limit a server announces.
+    let _ = codec.encode_term(&ClientMessage::Ping(id).to_term(), batch);
+    let written = write_and_flush(wr, batch).await;
+    batch.clear();
+    written
 }
 
 /// Sends what is still queued, then `close`, then close_notify, within [`CLOSE_TIMEOUT`].

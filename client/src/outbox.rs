@@ -17,7 +17,17 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::BytesMut;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
+
+/// What [`Outbox::take`] moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// Frames moved.
+    pub(crate) frames: usize,
+    /// The outbox is closed: nothing more will come.
+    pub(crate) closed: bool,
+}
 
 /// The outbox was closed: the connection is ending and takes no new frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,24 +114,19 @@ impl Outbox {
         }
     }
 
-    /// Waits until there are frames to take, or the outbox is closed. May return with
-    /// nothing to take (a wake-up for frames already taken): [`take`](Self::take) says.
-    pub(crate) async fn ready(&self) {
-        {
-            let state = self.lock();
-            if !state.bytes.is_empty() || state.closed {
-                return;
-            }
-        }
-        // notify_one keeps a permit when nobody waits, so a push between the check and
-        // here still wakes us.
-        self.ready.notified().await;
+    /// Resolves at the next wake-up for the writer: frames pushed into an empty outbox,
+    /// or the outbox closed. The writer keeps one pinned across its loop (registering a
+    /// new waiter each pass costs a lock), makes a new one each time it fires, and calls
+    /// [`take`](Self::take) before waiting: a push into a buffer that was not empty wakes
+    /// nobody. A wake-up may find nothing left to take.
+    pub(crate) fn woken(&self) -> Notified<'_> {
+        self.ready.notified()
     }
 
-    /// Moves every queued frame to the end of `out`; returns how many. Senders waiting
-    /// for room are woken.
-    pub(crate) fn take(&self, out: &mut BytesMut) -> usize {
-        let (frames, wake) = {
+    /// Moves every queued frame to the end of `out`; returns how many, and whether the
+    /// outbox is closed. Senders waiting for room are woken.
+    pub(crate) fn take(&self, out: &mut BytesMut) -> Taken {
+        let (taken, wake) = {
             let mut state = self.lock();
             if out.is_empty() {
                 std::mem::swap(out, &mut state.bytes);
@@ -129,13 +134,16 @@ impl Outbox {
                 out.extend_from_slice(&state.bytes);
                 state.bytes.clear();
             }
-            let frames = std::mem::take(&mut state.frames);
-            (frames, std::mem::take(&mut state.sender_waiting))
+            let taken = Taken {
+                frames: std::mem::take(&mut state.frames),
+                closed: state.closed,
+            };
+            (taken, std::mem::take(&mut state.sender_waiting))
         };
         if wake {
             self.room.notify_waiters();
         }
-        frames
+        taken
     }
 
     /// Refuses every later push, wakes the writer and every waiting sender. Frames
@@ -144,11 +152,6 @@ impl Outbox {
         self.lock().closed = true;
         self.ready.notify_one();
         self.room.notify_waiters();
-    }
-
-    /// Whether [`close`](Self::close) was called.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.lock().closed
     }
 }
 
@@ -174,17 +177,18 @@ mod tests {
         let outbox = Outbox::new(8);
         push_now(&outbox, b"a").unwrap();
         push_now(&outbox, b"bc").unwrap();
-        outbox.ready().await;
+        outbox.woken().await;
         let mut out = BytesMut::with_capacity(64);
-        assert_eq!(outbox.take(&mut out), 2);
+        assert_eq!(outbox.take(&mut out).frames, 2);
         assert_eq!(&out[..], b"abc");
         // The writer's old buffer (capacity 64) is now the one senders fill.
         push_now(&outbox, b"d").unwrap();
         assert!(outbox.lock().bytes.capacity() >= 64);
         // Taking into a buffer that already holds frames appends.
-        assert_eq!(outbox.take(&mut out), 1);
+        assert_eq!(outbox.take(&mut out).frames, 1);
         assert_eq!(&out[..], b"abcd");
-        assert_eq!(outbox.take(&mut out), 0);
+        let none = outbox.take(&mut out);
+        assert_eq!((none.frames, none.closed), (0, false));
     }
 
     #[tokio::test]
@@ -193,10 +197,10 @@ mod tests {
         let failed = outbox.push(1, |_buf| Err("too large")).await;
         assert_eq!(failed, Ok(Err("too large")));
         let mut out = BytesMut::new();
-        assert_eq!(outbox.take(&mut out), 0);
+        assert_eq!(outbox.take(&mut out).frames, 0);
         assert!(out.is_empty());
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), outbox.ready())
+            tokio::time::timeout(Duration::from_millis(50), outbox.woken())
                 .await
                 .is_err(),
             "the writer was woken for nothing"
@@ -222,10 +226,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "a third frame went past the bound");
         let mut out = BytesMut::new();
-        assert_eq!(outbox.take(&mut out), 2);
+        assert_eq!(outbox.take(&mut out).frames, 2);
         assert_eq!(waiting.await.unwrap(), Ok(Ok(())));
         out.clear();
-        assert_eq!(outbox.take(&mut out), 1);
+        assert_eq!(outbox.take(&mut out).frames, 1);
         assert_eq!(&out[..], b"3");
     }
 
@@ -238,7 +242,7 @@ mod tests {
         });
         assert_eq!(push.await, Ok(Ok(())));
         let mut out = BytesMut::new();
-        assert_eq!(outbox.take(&mut out), 5);
+        assert_eq!(outbox.take(&mut out).frames, 5);
     }
 
     #[tokio::test]
@@ -253,10 +257,10 @@ mod tests {
         outbox.close();
         assert_eq!(waiting.await.unwrap(), Err(Closed));
         assert_eq!(push_now(&outbox, b"late"), Err(Closed));
-        assert!(outbox.is_closed());
-        outbox.ready().await;
+        outbox.woken().await;
         let mut out = BytesMut::new();
-        assert_eq!(outbox.take(&mut out), 1);
+        let taken = outbox.take(&mut out);
+        assert_eq!((taken.frames, taken.closed), (1, true));
         assert_eq!(&out[..], b"kept");
     }
 }
