@@ -18,9 +18,10 @@
 //! - [`port_config`]: the `[[service]]` keys of a port program (`handler = "port"`).
 //! - [`admin`]: `mod_admin`, the operator's console, built into the server.
 //! - [`handler`]: the API service authors write against ([`Service`], [`Session`], ...).
+//! - `accept`: the accept loop: limits and admission at the door, a task per connection.
 //! - `handshake`: TLS and `start_service`, under deadlines.
 //! - `middle_man`: one task per connection between the socket and the handler.
-//! - [`server`]: binding, the accept loop and graceful shutdown.
+//! - [`server`]: binding, running and graceful shutdown.
 //! - [`reload`]: a new config validated and swapped in while the server runs (SIGHUP
 //!   in `lib_chan serve`), revoking the connections it invalidates.
 //! - [`signal`]: [`shutdown_signal`], SIGINT or SIGTERM, for [`Server::run`].
@@ -115,6 +116,7 @@
 
 #![deny(missing_docs)]
 
+mod accept;
 pub mod admin;
 pub mod admission;
 pub mod audit;

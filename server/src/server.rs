@@ -29,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::Door;
 use crate::admission::{Admission, Outcome, Ticket};
 use crate::audit::{Denial, DenialLog};
 use crate::auth::PasswordChecker;
@@ -276,44 +277,13 @@ impl Server {
         // Sized once: max_connections needs a restart to change.
         let connections = Arc::new(Semaphore::new(first.limits.max_connections));
         drop(first);
-        tokio::pin!(shutdown);
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        backoff = Duration::from_millis(10);
-                        // The current generation, read once for this connection.
-                        let state = live.load();
-                        state.stats.accepted();
-                        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                            state.stats.count_close("refused_max_connections");
-                            protocol_error!(%peer, "connection limit reached; refusing");
-                            continue;
-                        };
-                        let ticket = match state.admission.admit(peer.ip()) {
-                            Ok(ticket) => ticket,
-                            Err(refusal) => {
-                                state.stats.count_close(refusal.code());
-                                protocol_error!(%peer, reason = refusal.code(), "refused at accept");
-                                continue;
-                            }
-                        };
-                        configure_socket(&tcp, state.limits.tcp_keepalive);
-                        tracker.spawn(connection(tcp, peer, state, token.child_token(), permit, ticket));
-                    }
-                    Err(e) if is_per_connection(&e) => {}
-                    Err(e) => {
-                        // EMFILE and the like: back off, never exit.
-                        tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                    }
-                }
-            }
-        }
-        drop(listener);
+        let door = Door {
+            live: Arc::clone(&live),
+            connections,
+            token: token.clone(),
+            tracker: tracker.clone(),
+        };
+        door.accept_until(listener, shutdown).await;
         tracing::info!(open = tracker.len(), "shutting down: no longer accepting");
         token.cancel();
         tracker.close();
@@ -482,26 +452,6 @@ impl Drop for ServerHandle {
     }
 }
 
-fn is_per_connection(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
-    )
-}
-
-/// Sets TCP_NODELAY (frames are whole messages: never wait to coalesce) and keepalive.
-fn configure_socket(tcp: &TcpStream, keepalive: Option<Duration>) {
-    let _ = tcp.set_nodelay(true);
-    if let Some(idle) = keepalive {
-        let ka = socket2::TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(Duration::from_secs(10))
-            .with_retries(3);
-        let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka);
-    }
-}
-
 /// Descriptors kept free beyond one per connection (listener, files, logs, the runtime).
 const FD_MARGIN: u64 = 64;
 
@@ -533,7 +483,7 @@ fn open_file_limit() -> Option<u64> {
 }
 
 /// One connection from accept to close.
-async fn connection(
+pub(crate) async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     state: Arc<ServerState>,
