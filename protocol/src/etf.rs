@@ -174,19 +174,23 @@ pub fn decode(bytes: &[u8]) -> Result<Term, DecodeError> {
     Ok(term)
 }
 
+/// The elements of an outermost tuple: inline up to 4 (every message of the protocol),
+/// on the heap beyond.
+pub type OuterItems = smallvec::SmallVec<[Term; 4]>;
+
 /// A payload's outermost term, with the elements of an outermost tuple left in a
-/// vector: what the message readers take apart, without building the wrapper tuple
-/// only to drop it.
+/// small vector: what the message readers take apart, without building the wrapper
+/// tuple only to drop it, and without a heap allocation for it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outer {
     /// The payload is a tuple (of up to 255 elements): its elements.
-    Tuple(Vec<Term>),
+    Tuple(OuterItems),
     /// Any other term.
     Term(Term),
 }
 
 /// Decodes one ETF payload exactly as [`decode`] does (the same checks, errors and
-/// offsets), but returns an outermost tuple's elements as a vector.
+/// offsets), but returns an outermost tuple's elements as a small vector.
 ///
 /// # Errors
 /// As [`decode`].
@@ -203,7 +207,12 @@ pub fn decode_outer(bytes: &[u8]) -> Result<Outer, DecodeError> {
         d.pos += 1;
         let n = d.u8()?.into();
         let n = d.count(n, at, 1)?;
-        Outer::Tuple(d.sequence(n, 0)?)
+        d.descend(n, 0)?;
+        let mut items = OuterItems::with_capacity(n.min(16));
+        for _ in 0..n {
+            items.push(d.term(1)?);
+        }
+        Outer::Tuple(items)
     } else {
         Outer::Term(d.term(0)?)
     };
@@ -654,6 +663,11 @@ impl<'a> Decoder<'a> {
             return Err(self.error_at(at, DecodeErrorKind::AtomTooLong));
         }
         let bytes = self.take(n)?;
+        // ASCII (Erlang's usual `ok`, `call`, ...) is already UTF-8: no copy to make.
+        if bytes.is_ascii() {
+            let s = std::str::from_utf8(bytes).expect("ASCII is UTF-8");
+            return Ok(Term::Atom(Atom::new(s).expect("at most 255 characters")));
+        }
         let s: String = bytes.iter().map(|&b| char::from(b)).collect();
         Ok(Term::Atom(Atom::new(&s).expect("at most 255 characters")))
     }
@@ -709,6 +723,11 @@ mod tests {
         // OTP 25 writes 'héllo' as ATOM_EXT in Latin-1.
         let bytes = [131, 100, 0, 5, b'h', 0xE9, b'l', b'l', b'o'];
         assert_eq!(decode(&bytes).unwrap(), Term::atom("héllo"));
+        // ASCII ones, as OTP 25 writes `ok` and `joe`, are taken as they are.
+        let ok = [131, 100, 0, 2, b'o', b'k'];
+        assert_eq!(decode(&ok).unwrap(), Term::atom("ok"));
+        let joe = [131, 100, 0, 3, b'j', b'o', b'e'];
+        assert_eq!(decode(&joe).unwrap(), Term::atom("joe"));
     }
 
     #[test]

@@ -512,7 +512,7 @@ impl ClientMessage {
 fn read_message<M>(
     payload: &[u8],
     from_term: fn(&Term) -> Result<M, MessageError>,
-    fast: impl FnOnce(&mut Vec<Term>) -> Option<M>,
+    fast: impl FnOnce(&mut etf::OuterItems) -> Option<M>,
 ) -> Result<M, ReadError> {
     let mut items = match etf::decode_outer(payload)? {
         etf::Outer::Tuple(items) => items,
@@ -521,7 +521,7 @@ fn read_message<M>(
     if let Some(message) = fast(&mut items) {
         return Ok(message);
     }
-    Ok(from_term(&Term::Tuple(items.into()))?)
+    Ok(from_term(&Term::Tuple(items.into_iter().collect()))?)
 }
 
 /// An atom that is always interned (see [`crate::Atom::new`]).

@@ -31,7 +31,11 @@ enum AtomText {
 
 impl PartialEq for Atom {
     fn eq(&self, other: &Atom) -> bool {
-        self.as_str() == other.as_str()
+        match (&self.0, &other.0) {
+            // The table holds each name once: the same entry or different text.
+            (AtomText::Common(a), AtomText::Common(b)) => std::ptr::eq(*a, *b),
+            _ => self.as_str() == other.as_str(),
+        }
     }
 }
 
@@ -566,6 +570,8 @@ mod tests {
             std::hash::BuildHasher::hash_one(&state, &owned)
         );
         assert!(Atom::new("ok").unwrap() < Atom::new("reply").unwrap());
+        assert_ne!(Atom::new("ok").unwrap(), Atom::new("error").unwrap());
+        assert_eq!(Atom::new("ok").unwrap(), Atom::new("ok").unwrap());
         assert_eq!(std::mem::size_of::<Term>(), 24);
     }
 
