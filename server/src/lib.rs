@@ -25,6 +25,8 @@
 //! - [`reload`]: a new config validated and swapped in while the server runs (SIGHUP
 //!   in `lib_chan serve`), revoking the connections it invalidates.
 //! - [`signal`]: [`shutdown_signal`], SIGINT or SIGTERM, for [`Server::run`].
+//! - `timer_floor`: one timer always due soon, so that arming a connection's timers
+//!   wakes no sleeping worker.
 //!
 //! # Example
 //! ```no_run
@@ -138,6 +140,7 @@ pub mod server;
 pub mod sessions;
 pub mod signal;
 pub mod stats;
+mod timer_floor;
 pub mod tls;
 pub mod users;
 

@@ -269,6 +269,7 @@ impl Server {
             });
             tracker.spawn(metrics::serve(l, m, s, ready, token.child_token()));
         }
+        tracker.spawn(crate::timer_floor::run(token.child_token()));
         tracker.spawn(crate::connections::watch_expiry(
             Arc::clone(&live),
             Arc::clone(&first.users_changed),
