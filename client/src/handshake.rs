@@ -47,6 +47,9 @@ struct Opened {
     addr: String,
     /// When the handshake (TLS + first exchange) must be over.
     deadline: tokio::time::Instant,
+    /// The first frame went out with TLS's last handshake message: the next
+    /// [`exchange`] only reads.
+    first_sent: bool,
 }
 
 /// `host:port`, with brackets around an IPv6 address.
@@ -97,10 +100,23 @@ fn closed_at_once(e: &io::Error) -> bool {
 
 /// TCP then TLS, each under its timeout; a server that closes each attempt at once is
 /// tried again, then reported as [`Error::RefusedAtAccept`].
-async fn open(opts: &ConnectOptions, host: &str, port: u16) -> Result<Opened, Error> {
+///
+/// `first`, the handshake frame the client sends first, is handed to TLS before the
+/// handshake starts: it goes out encrypted right behind the client's Finished, in the
+/// same write and the same TCP segment (the server then reads both at once), instead of
+/// in a write of its own a moment later. Not early data: nothing is sent before the
+/// handshake is complete. The [`exchange`] for it then only reads the answer.
+async fn open(
+    opts: &ConnectOptions,
+    host: &str,
+    port: u16,
+    first: Option<&Hello>,
+) -> Result<Opened, Error> {
+    // Encoded before connecting: a frame that cannot be sent fails with no connection made.
+    let first = first.map(encode_hello).transpose()?;
     let mut attempt = 1;
     loop {
-        match open_once(opts, host, port).await {
+        match open_once(opts, host, port, first.as_deref()).await {
             Ok(opened) => {
                 answered_before(&opened.addr, true);
                 return Ok(opened);
@@ -128,7 +144,12 @@ enum OpenFailure {
 }
 
 /// One TCP connection and TLS handshake, each under its timeout.
-async fn open_once(opts: &ConnectOptions, host: &str, port: u16) -> Result<Opened, OpenFailure> {
+async fn open_once(
+    opts: &ConnectOptions,
+    host: &str,
+    port: u16,
+    first: Option<&[u8]>,
+) -> Result<Opened, OpenFailure> {
     // Accept "[::1]" as well as "::1".
     let host = host
         .strip_prefix('[')
@@ -153,12 +174,16 @@ async fn open_once(opts: &ConnectOptions, host: &str, port: u16) -> Result<Opene
         .map_err(|e| OpenFailure::Other(Error::io(format!("connection to {addr}"), e)))?;
 
     let deadline = tokio::time::Instant::now() + opts.handshake_timeout;
-    let stream = match timeout_at(
-        deadline,
-        TlsConnector::from(config).connect(server_name, tcp),
-    )
-    .await
-    {
+    let mut first_sent = false;
+    let handshake = TlsConnector::from(config).connect_with(server_name, tcp, |tls| {
+        if let Some(first) = first {
+            // Held by rustls until the handshake is complete. The frame is at most
+            // HANDSHAKE_MAX_FRAME (4 KiB), far below rustls's 64 KiB plaintext buffer,
+            // which is empty here: it is taken whole.
+            first_sent = matches!(std::io::Write::write(&mut tls.writer(), first), Ok(n) if n == first.len());
+        }
+    });
+    let stream = match timeout_at(deadline, handshake).await {
         Err(_) => return Err(OpenFailure::Other(Error::Timeout("TLS handshake"))),
         Ok(Err(e)) if closed_at_once(&e) => return Err(OpenFailure::Closed(addr)),
         Ok(Err(e)) => {
@@ -175,16 +200,12 @@ async fn open_once(opts: &ConnectOptions, host: &str, port: u16) -> Result<Opene
         stream,
         addr,
         deadline,
+        first_sent,
     })
 }
 
-/// Writes one handshake frame and reads the server's one answer, before `deadline`.
-/// Returns the answer and any bytes that arrived after it.
-async fn exchange(
-    opened: &mut Opened,
-    hello: &Hello,
-    phase: &'static str,
-) -> Result<(HandshakeReply, BytesMut), Error> {
+/// One handshake frame, encoded.
+fn encode_hello(hello: &Hello) -> Result<BytesMut, Error> {
     let codec = FrameCodec::new(HANDSHAKE_MAX_RECV, HANDSHAKE_MAX_FRAME);
     let mut out = BytesMut::new();
     codec
@@ -196,10 +217,30 @@ async fn exchange(
             )),
             other => Error::Encode(other.to_string()),
         })?;
+    Ok(out)
+}
+
+/// Writes one handshake frame (unless [`open`] sent it with TLS's Finished: then `hello`
+/// must be the frame given to it) and reads the server's one answer, before `deadline`.
+/// Returns the answer and any bytes that arrived after it.
+async fn exchange(
+    opened: &mut Opened,
+    hello: &Hello,
+    phase: &'static str,
+) -> Result<(HandshakeReply, BytesMut), Error> {
+    let codec = FrameCodec::new(HANDSHAKE_MAX_RECV, HANDSHAKE_MAX_FRAME);
+    let out = if std::mem::take(&mut opened.first_sent) {
+        None
+    } else {
+        Some(encode_hello(hello)?)
+    };
     let addr = opened.addr.clone();
     let io_err = |e: io::Error| Error::io(format!("handshake with {addr}"), e);
     let work = async {
-        opened.stream.write_all(&out).await.map_err(io_err)?;
+        if let Some(out) = &out {
+            opened.stream.write_all(out).await.map_err(io_err)?;
+        }
+        // Also pushes out a first frame TLS may still hold.
         opened.stream.flush().await.map_err(io_err)?;
         let mut reader = FramedRead::new(&mut opened.stream, codec);
         let payload = match reader.next().await {
@@ -263,32 +304,44 @@ pub(crate) async fn connect(
                 .into(),
         ));
     }
-    let mut opened = open(opts, host, port).await?;
-    let credential = match &login.kind {
-        LoginKind::ServicePassword(p) => Credential::ServicePassword(Password(p.clone())),
-        LoginKind::UserPassword { user, password } => Credential::User {
-            name: user.clone(),
-            proof: Proof::Password(Password(password.clone())),
-        },
-        LoginKind::Key { user, key } => {
-            let nonce = challenge(&mut opened, login).await?;
-            let cert_hash = server_cert_hash(&opened)?;
-            let message = challenge_message(&nonce, &cert_hash, user, service);
-            Credential::User {
-                name: user.clone(),
-                proof: Proof::Ed25519(key.sign(&message)),
-            }
-        }
-        LoginKind::Certificate { user } => Credential::User {
-            name: user.clone(),
-            proof: Proof::Certificate,
-        },
-    };
-    let hello = Hello::StartService {
+    let start_service = |credential| Hello::StartService {
         service: service.to_owned(),
         credential,
         args,
         options: session_options(opts),
+    };
+    // The first frame rides with TLS's Finished: the challenge request for a key login,
+    // start_service for the others.
+    let (mut opened, hello) = match &login.kind {
+        LoginKind::Key { user, key } => {
+            let mut opened = open(opts, host, port, Some(&CHALLENGE_REQUEST)).await?;
+            let nonce = challenge(&mut opened, login).await?;
+            let cert_hash = server_cert_hash(&opened)?;
+            let message = challenge_message(&nonce, &cert_hash, user, service);
+            let hello = start_service(Credential::User {
+                name: user.clone(),
+                proof: Proof::Ed25519(key.sign(&message)),
+            });
+            (opened, hello)
+        }
+        LoginKind::ServicePassword(p) => {
+            let hello = start_service(Credential::ServicePassword(Password(p.clone())));
+            (open(opts, host, port, Some(&hello)).await?, hello)
+        }
+        LoginKind::UserPassword { user, password } => {
+            let hello = start_service(Credential::User {
+                name: user.clone(),
+                proof: Proof::Password(Password(password.clone())),
+            });
+            (open(opts, host, port, Some(&hello)).await?, hello)
+        }
+        LoginKind::Certificate { user } => {
+            let hello = start_service(Credential::User {
+                name: user.clone(),
+                proof: Proof::Certificate,
+            });
+            (open(opts, host, port, Some(&hello)).await?, hello)
+        }
     };
     let (reply, rest) = exchange(&mut opened, &hello, "start_service handshake").await?;
     let welcome = match reply {
@@ -338,10 +391,14 @@ fn session_options(opts: &ConnectOptions) -> Option<Term> {
 }
 
 /// `{challenge, Ref}` and the server's nonce (PROTOCOL.md section 4.2).
+/// One challenge per connection: any reference will do.
+const CHALLENGE_REF: u64 = 1;
+
+/// A key login's first frame.
+const CHALLENGE_REQUEST: Hello = Hello::Challenge(CHALLENGE_REF);
+
 async fn challenge(opened: &mut Opened, login: &Login) -> Result<[u8; NONCE_LEN], Error> {
-    /// One challenge per connection: any reference will do.
-    const CHALLENGE_REF: u64 = 1;
-    let (reply, _) = exchange(opened, &Hello::Challenge(CHALLENGE_REF), "challenge").await?;
+    let (reply, _) = exchange(opened, &CHALLENGE_REQUEST, "challenge").await?;
     match reply {
         HandshakeReply::Challenge {
             id: CHALLENGE_REF,
@@ -379,7 +436,8 @@ fn server_cert_hash(opened: &Opened) -> Result<[u8; 32], Error> {
 pub(crate) async fn ping(opts: &ConnectOptions, host: &str, port: u16) -> Result<Duration, Error> {
     /// Any reference will do: one probe per connection.
     const PING_REF: u64 = 1;
-    let mut opened = open(opts, host, port).await?;
+    // Not sent with TLS's Finished: the round trip is timed from here.
+    let mut opened = open(opts, host, port, None).await?;
     let start = Instant::now();
     let (reply, _) = exchange(&mut opened, &Hello::Ping(PING_REF), "ping").await?;
     let rtt = start.elapsed();
