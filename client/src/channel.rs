@@ -26,7 +26,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::dispatch::{Dispatch, CLOSE_TIMEOUT};
 use crate::error::{CloseReason, Error};
-use crate::in_flight::{Armed, InFlight, Kind};
+use crate::in_flight::{Armed, Batch, InFlight, Kind};
 use crate::outbox::Outbox;
 
 /// How many encoded frames may wait for the dispatch task before `cast`/`rpc` wait too.
@@ -250,17 +250,16 @@ impl Channel {
         reqs: impl IntoIterator<Item = Term>,
         timeout: Duration,
     ) -> Vec<Result<Term, Error>> {
-        let mut reqs = reqs.into_iter();
+        let reqs = reqs.into_iter();
         let mut answers: Vec<Option<Result<Term, Error>>> = Vec::with_capacity(reqs.size_hint().0);
         if let Some(reason) = self.closed_reason() {
             return reqs.map(|_| Err(Error::Closed(reason.clone()))).collect();
         }
         let mut frames = BytesMut::with_capacity(64 * reqs.size_hint().0.max(1));
-        // (index in `answers`, its receiver); a guard per registered entry removes it
-        // if this future ends before its answer came.
-        let mut waiting = Vec::with_capacity(answers.capacity());
-        let mut guards = Vec::with_capacity(answers.capacity());
-        while let Some(req) = reqs.next() {
+        // The calls that go out: their Refs, and their places in `answers`.
+        let mut ids = Vec::with_capacity(answers.capacity());
+        let mut places = Vec::with_capacity(answers.capacity());
+        for req in reqs {
             let index = answers.len();
             answers.push(None);
             let id = self.shared.next_ref.fetch_add(1, Ordering::Relaxed);
@@ -269,65 +268,54 @@ impl Channel {
                 answers[index] = Some(Err(e));
                 continue;
             }
-            match self.shared.in_flight.register(id, Kind::Call) {
-                Ok(rx) => {
-                    waiting.push((index, rx));
-                    guards.push(Armed::new(&self.shared.in_flight, id));
-                }
-                Err(reason) => {
-                    // Closed meanwhile: nothing of this batch goes out, and every
-                    // request, those not yet looked at too, gets the reason.
-                    let all = answers.len() + reqs.count();
-                    return (0..all)
-                        .map(|_| Err(Error::Closed(reason.clone())))
-                        .collect();
-                }
-            }
+            ids.push(id);
+            places.push(index);
         }
-        if !waiting.is_empty() {
-            // The answers are awaited in order: the first `delivered` came from the
-            // dispatch task.
-            let mut delivered = 0;
+        if !ids.is_empty() {
+            let batch = Batch::new(ids.len());
+            if let Err(reason) = self.shared.in_flight.register_batch(&ids, &batch) {
+                // Closed meanwhile: nothing of this batch goes out.
+                return answers
+                    .iter()
+                    .map(|_| Err(Error::Closed(reason.clone())))
+                    .collect();
+            }
+            // Removes the entries still registered if this future ends early (timeout,
+            // dropped); disarmed once every answer came.
+            let guard = BatchGuard {
+                in_flight: &self.shared.in_flight,
+                ids: &ids,
+                armed: true,
+            };
             let outcome = tokio::time::timeout(timeout, async {
-                let count = waiting.len();
-                let queued = self.shared.outbox.push(count, |buf| {
+                let queued = self.shared.outbox.push(ids.len(), |buf| {
                     buf.extend_from_slice(&frames);
                     Ok::<(), Error>(())
                 });
                 if queued.await.is_err() {
                     return Err(self.reason_now());
                 }
-                for (index, rx) in waiting.iter_mut() {
-                    // Answered (or dropped) by the dispatch task, which removed the entry.
-                    answers[*index] = Some(match rx.await {
-                        Ok(outcome) => outcome,
-                        Err(_dropped) => Err(Error::Closed(self.reason_now())),
-                    });
-                    delivered += 1;
-                }
+                batch.complete().await;
                 Ok(())
             })
             .await;
             // `Some(reason)`: the batch could not be queued; `None`: sent, and what is
             // unanswered timed out.
             let failure = match outcome {
-                Ok(Err(reason)) => Some(reason),
-                Ok(Ok(())) | Err(_) => None,
-            };
-            // Whatever is still unanswered timed out, or was never sent.
-            for (index, _) in &waiting {
-                if answers[*index].is_none() {
-                    answers[*index] = Some(match &failure {
-                        Some(reason) => Err(Error::Closed(reason.clone())),
-                        None => Err(Error::Timeout("rpc")),
-                    });
+                Ok(Ok(())) => {
+                    guard.disarm();
+                    None
                 }
+                Ok(Err(reason)) => Some(reason),
+                Err(_) => None,
+            };
+            for (index, outcome) in places.into_iter().zip(batch.take()) {
+                answers[index] = Some(match (outcome, &failure) {
+                    (Some(outcome), _) => outcome,
+                    (None, Some(reason)) => Err(Error::Closed(reason.clone())),
+                    (None, None) => Err(Error::Timeout("rpc")),
+                });
             }
-            // The guards of the entries never answered remove them now.
-            for guard in guards.drain(..delivered) {
-                guard.disarm();
-            }
-            drop(guards);
         }
         answers
             .into_iter()
@@ -542,6 +530,29 @@ impl Channel {
         match self.shared.outbox.push(frames, encode).await {
             Ok(encoded) => encoded,
             Err(_closed) => Err(Error::Closed(self.reason_now())),
+        }
+    }
+}
+
+/// Forgets a batch's calls still in the in-flight map when dropped armed: the batch's
+/// future ended before every answer came.
+struct BatchGuard<'a> {
+    in_flight: &'a InFlight,
+    ids: &'a [Ref],
+    armed: bool,
+}
+
+impl BatchGuard<'_> {
+    /// Every answer came: the dispatch task removed every entry.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for BatchGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.in_flight.cancel_all(self.ids);
         }
     }
 }

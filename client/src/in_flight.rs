@@ -13,7 +13,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
 
 use lib_chan_protocol::message::Ref;
 use lib_chan_protocol::Term;
@@ -36,7 +37,104 @@ pub(crate) enum Kind {
 #[derive(Debug)]
 struct Entry {
     kind: Kind,
-    tx: oneshot::Sender<Outcome>,
+    waiter: Waiter,
+}
+
+/// Who waits for an entry's answer.
+#[derive(Debug)]
+enum Waiter {
+    /// One call or ping, on its own oneshot.
+    One(oneshot::Sender<Outcome>),
+    /// The `index`th call of an `rpc_many` batch.
+    Batch { batch: Arc<Batch>, index: usize },
+}
+
+impl Waiter {
+    /// Hands over the answer; `false` when nobody takes it any more.
+    fn deliver(self, outcome: Outcome) -> bool {
+        match self {
+            Waiter::One(tx) => tx.send(outcome).is_ok(),
+            Waiter::Batch { batch, index } => {
+                batch.fill(index, outcome);
+                true
+            }
+        }
+    }
+}
+
+/// The answers of one `rpc_many` batch, gathered in one place: one allocation and one
+/// wake-up for the batch (when its last answer comes), not a oneshot and a possible
+/// wake-up per call.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    state: Mutex<BatchState>,
+}
+
+#[derive(Debug)]
+struct BatchState {
+    outcomes: Vec<Option<Outcome>>,
+    /// Answers still to come.
+    missing: usize,
+    /// The batch's caller, waiting in [`Batch::complete`].
+    waker: Option<Waker>,
+}
+
+impl Batch {
+    /// A batch of `calls` calls, none answered.
+    pub(crate) fn new(calls: usize) -> Arc<Batch> {
+        Arc::new(Batch {
+            state: Mutex::new(BatchState {
+                outcomes: (0..calls).map(|_| None).collect(),
+                missing: calls,
+                waker: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BatchState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fill(&self, index: usize, outcome: Outcome) {
+        let waker = {
+            let mut state = self.lock();
+            match state.outcomes.get_mut(index) {
+                Some(slot @ None) => {
+                    *slot = Some(outcome);
+                    state.missing -= 1;
+                }
+                _ => return,
+            }
+            if state.missing > 0 {
+                return;
+            }
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once every call of the batch has its answer.
+    pub(crate) async fn complete(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.lock();
+            if state.missing == 0 {
+                return Poll::Ready(());
+            }
+            match &state.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => state.waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+
+    /// The answers so far, in the order of the batch (`None`: not answered).
+    pub(crate) fn take(&self) -> Vec<Option<Outcome>> {
+        std::mem::take(&mut self.lock().outcomes)
+    }
 }
 
 /// Hashes a `Ref` with one multiplication (Fibonacci hashing). Refs are this client's
@@ -98,8 +196,35 @@ impl InFlight {
         if let Some(reason) = &state.closed {
             return Err(reason.clone());
         }
-        state.pending.insert(id, Entry { kind, tx });
+        let waiter = Waiter::One(tx);
+        state.pending.insert(id, Entry { kind, waiter });
         Ok(rx)
+    }
+
+    /// Registers the calls `ids` as the batch `batch` (the `i`th id answers into its
+    /// `i`th slot), under one lock; or nothing, and the close reason, when the
+    /// connection has already ended.
+    pub(crate) fn register_batch(
+        &self,
+        ids: &[Ref],
+        batch: &Arc<Batch>,
+    ) -> Result<(), CloseReason> {
+        let mut state = self.lock();
+        if let Some(reason) = &state.closed {
+            return Err(reason.clone());
+        }
+        for (index, &id) in ids.iter().enumerate() {
+            let batch = Arc::clone(batch);
+            let waiter = Waiter::Batch { batch, index };
+            state.pending.insert(
+                id,
+                Entry {
+                    kind: Kind::Call,
+                    waiter,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Delivers the answer to `id`. Returns `false` when no caller waits for it (it timed
@@ -114,7 +239,7 @@ impl InFlight {
         };
         match entry {
             // The receiver may be gone if the caller is being dropped right now.
-            Some(e) => e.tx.send(outcome).is_ok(),
+            Some(e) => e.waiter.deliver(outcome),
             None => false,
         }
     }
@@ -122,6 +247,14 @@ impl InFlight {
     /// Forgets `id` (its caller timed out or was dropped); a later answer is dropped.
     pub(crate) fn cancel(&self, id: Ref) {
         self.lock().pending.remove(&id);
+    }
+
+    /// [`cancel`](Self::cancel) for several, under one lock.
+    pub(crate) fn cancel_all(&self, ids: &[Ref]) {
+        let mut state = self.lock();
+        for id in ids {
+            state.pending.remove(id);
+        }
     }
 
     /// Ends the map: every waiting caller gets `Error::Closed(reason)` now, and later
@@ -137,7 +270,7 @@ impl InFlight {
         };
         // Sent outside the lock: waking callers must not contend with it.
         for e in drained {
-            let _ = e.tx.send(Err(Error::Closed(reason.clone())));
+            e.waiter.deliver(Err(Error::Closed(reason.clone())));
         }
     }
 
@@ -230,6 +363,51 @@ mod tests {
         let _rx = m.register(2, Kind::Call).unwrap();
         Armed::new(&m, 2).disarm();
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_gathers_its_answers_in_order_and_close_fails_the_rest() {
+        let m = InFlight::default();
+        let batch = Batch::new(3);
+        m.register_batch(&[10, 11, 12], &batch).unwrap();
+        assert_eq!(m.len(), 3);
+        assert!(m.complete(12, Kind::Call, Ok(Term::atom("c"))));
+        assert!(m.complete(10, Kind::Call, Ok(Term::atom("a"))));
+        // A pong cannot answer a batch's call either.
+        assert!(!m.complete(11, Kind::Ping, Ok(Term::nil())));
+        let waiting = futures_util::FutureExt::now_or_never(batch.complete());
+        assert!(waiting.is_none(), "complete with one answer missing");
+        m.close(CloseReason::ClosedByServer);
+        assert!(futures_util::FutureExt::now_or_never(batch.complete()).is_some());
+        let outcomes = batch.take();
+        assert_eq!(
+            outcomes[0].as_ref().unwrap().as_ref().unwrap(),
+            &Term::atom("a")
+        );
+        assert!(matches!(
+            outcomes[1],
+            Some(Err(Error::Closed(CloseReason::ClosedByServer)))
+        ));
+        assert_eq!(
+            outcomes[2].as_ref().unwrap().as_ref().unwrap(),
+            &Term::atom("c")
+        );
+        let late = Batch::new(1);
+        assert_eq!(
+            m.register_batch(&[13], &late).unwrap_err(),
+            CloseReason::ClosedByServer
+        );
+    }
+
+    #[test]
+    fn cancelled_batch_entries_are_gone() {
+        let m = InFlight::default();
+        let batch = Batch::new(2);
+        m.register_batch(&[1, 2], &batch).unwrap();
+        m.cancel_all(&[1, 2]);
+        assert_eq!(m.len(), 0);
+        assert!(!m.complete(1, Kind::Call, Ok(Term::nil())));
+        assert!(batch.take().iter().all(Option::is_none));
     }
 
     #[test]
