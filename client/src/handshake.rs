@@ -27,7 +27,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::channel::Channel;
 use crate::error::Error;
-use crate::login::{Login, LoginKind};
+use crate::login::{Ed25519Key, Login, LoginKind};
 use crate::options::ConnectOptions;
 
 /// The largest frame accepted from the server before the welcome. The welcome is a small
@@ -310,37 +310,23 @@ pub(crate) async fn connect(
         args,
         options: session_options(opts),
     };
-    // The first frame rides with TLS's Finished: the challenge request for a key login,
-    // start_service for the others.
-    let (mut opened, hello) = match &login.kind {
-        LoginKind::Key { user, key } => {
+    // The first frame rides with TLS's Finished: start_service when the credential is
+    // known up front, the challenge request for a key login.
+    let (mut opened, hello) = match stated_credential(&login.kind) {
+        Ok(credential) => {
+            let hello = start_service(credential);
+            (open(opts, host, port, Some(&hello)).await?, hello)
+        }
+        Err((user, key)) => {
             let mut opened = open(opts, host, port, Some(&CHALLENGE_REQUEST)).await?;
             let nonce = challenge(&mut opened, login).await?;
             let cert_hash = server_cert_hash(&opened)?;
             let message = challenge_message(&nonce, &cert_hash, user, service);
             let hello = start_service(Credential::User {
-                name: user.clone(),
+                name: user.to_owned(),
                 proof: Proof::Ed25519(key.sign(&message)),
             });
             (opened, hello)
-        }
-        LoginKind::ServicePassword(p) => {
-            let hello = start_service(Credential::ServicePassword(Password(p.clone())));
-            (open(opts, host, port, Some(&hello)).await?, hello)
-        }
-        LoginKind::UserPassword { user, password } => {
-            let hello = start_service(Credential::User {
-                name: user.clone(),
-                proof: Proof::Password(Password(password.clone())),
-            });
-            (open(opts, host, port, Some(&hello)).await?, hello)
-        }
-        LoginKind::Certificate { user } => {
-            let hello = start_service(Credential::User {
-                name: user.clone(),
-                proof: Proof::Certificate,
-            });
-            (open(opts, host, port, Some(&hello)).await?, hello)
         }
     };
     let (reply, rest) = exchange(&mut opened, &hello, "start_service handshake").await?;
@@ -374,6 +360,23 @@ pub(crate) async fn connect(
     ))
 }
 
+/// The credential a login states in `start_service`; for a key login, which must first
+/// ask for the server's challenge, the user and the key that will sign it.
+fn stated_credential(kind: &LoginKind) -> Result<Credential, (&str, &Ed25519Key)> {
+    Ok(match kind {
+        LoginKind::ServicePassword(p) => Credential::ServicePassword(Password(p.clone())),
+        LoginKind::UserPassword { user, password } => Credential::User {
+            name: user.clone(),
+            proof: Proof::Password(Password(password.clone())),
+        },
+        LoginKind::Certificate { user } => Credential::User {
+            name: user.clone(),
+            proof: Proof::Certificate,
+        },
+        LoginKind::Key { user, key } => return Err((user, key)),
+    })
+}
+
 /// The handshake options map (PROTOCOL.md 4.3), only when a session is asked for: a
 /// book-password login without one keeps the version 1 4-tuple.
 fn session_options(opts: &ConnectOptions) -> Option<Term> {
@@ -390,13 +393,13 @@ fn session_options(opts: &ConnectOptions) -> Option<Term> {
     Some(Term::map(entries))
 }
 
-/// `{challenge, Ref}` and the server's nonce (PROTOCOL.md section 4.2).
 /// One challenge per connection: any reference will do.
 const CHALLENGE_REF: u64 = 1;
 
 /// A key login's first frame.
 const CHALLENGE_REQUEST: Hello = Hello::Challenge(CHALLENGE_REF);
 
+/// `{challenge, Ref}` and the server's nonce (PROTOCOL.md section 4.2).
 async fn challenge(opened: &mut Opened, login: &Login) -> Result<[u8; NONCE_LEN], Error> {
     let (reply, _) = exchange(opened, &CHALLENGE_REQUEST, "challenge").await?;
     match reply {

@@ -31,8 +31,7 @@ use crate::stats::protocol_error;
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// What every accept loop shares.
-#[derive(Clone)]
+/// What the accept loop needs to let a connection in and follow it.
 pub(crate) struct Door {
     pub(crate) live: Arc<Live>,
     /// One permit per open connection: `max_connections`.

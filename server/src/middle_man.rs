@@ -228,6 +228,11 @@ where
         // Made once, not per pass of the loop: registering a new waiter each time costs.
         let shutting_down = shutdown.cancelled_owned();
         tokio::pin!(shutting_down);
+        // The same for the outbound queue's wake-up (renewed by `pop` when it fires);
+        // through a handle of its own, as `self` is borrowed mutably in the loop.
+        let outbound = Arc::clone(&self.middle_man.inner);
+        let pushed = outbound.out.pushed();
+        tokio::pin!(pushed);
         // Set once the connection is winding down (the client sent `close`, or the
         // server is shutting down): nothing more is read, calls in flight are still
         // answered until `shutdown_grace`, then the connection ends for this reason.
@@ -242,7 +247,7 @@ where
             tokio::select! {
                 // Outbound first: answering what was asked beats reading more.
                 biased;
-                first = self.middle_man.inner.out.pop() => {
+                first = outbound.out.pop(&mut pushed) => {
                     match self.write_outbound(first).await {
                         Ok(None) => {}
                         Ok(Some(reason)) => break reason,

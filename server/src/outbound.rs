@@ -9,8 +9,10 @@
 //! reading the queue when the connection ends.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 use crate::handler::Outbound;
@@ -48,15 +50,27 @@ impl OutQueue {
         first
     }
 
-    /// The first item, waiting for one. Cancel-safe: an item is taken only when it is
-    /// returned.
-    pub(crate) async fn pop(&self) -> (Outbound, usize) {
+    /// A wake-up for the next push, for [`pop`](Self::pop). The middle man makes one
+    /// and keeps it pinned across the passes of its loop: registering a new waiter on
+    /// every pass would cost two locks each.
+    pub(crate) fn pushed(&self) -> Notified<'_> {
+        self.pushed.notified()
+    }
+
+    /// The first item, waiting on `pushed` (from [`pushed`](Self::pushed), renewed here
+    /// each time it fires) for one. Cancel-safe: an item is taken only when it is
+    /// returned, and the wake-up stays registered for the next call.
+    pub(crate) async fn pop<'a>(
+        &'a self,
+        pushed: &mut Pin<&mut Notified<'a>>,
+    ) -> (Outbound, usize) {
         loop {
             if let Some(item) = self.try_pop() {
                 return item;
             }
             // A push between the look above and this wait left a permit: no wake-up lost.
-            self.pushed.notified().await;
+            pushed.as_mut().await;
+            pushed.set(self.pushed());
         }
     }
 
@@ -116,8 +130,10 @@ mod tests {
             })
             .collect();
         let mut last = [None::<u64>; 4];
+        let pushed = q.pushed();
+        tokio::pin!(pushed);
         for _ in 0..20_000 {
-            let got = tokio::time::timeout(Duration::from_secs(10), q.pop())
+            let got = tokio::time::timeout(Duration::from_secs(10), q.pop(&mut pushed))
                 .await
                 .expect("every push is seen");
             let n = id(got);
@@ -135,12 +151,22 @@ mod tests {
     async fn a_waiting_pop_is_woken_by_a_later_push_and_a_dropped_wait_takes_nothing() {
         let q = Arc::new(OutQueue::default());
         // A wait abandoned (as a select! does) leaves the next item in the queue.
-        assert!(tokio::time::timeout(Duration::from_millis(20), q.pop())
-            .await
-            .is_err());
+        {
+            let pushed = q.pushed();
+            tokio::pin!(pushed);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(20), q.pop(&mut pushed))
+                    .await
+                    .is_err()
+            );
+        }
         let waiter = tokio::spawn({
             let q = Arc::clone(&q);
-            async move { id(q.pop().await) }
+            async move {
+                let pushed = q.pushed();
+                tokio::pin!(pushed);
+                id(q.pop(&mut pushed).await)
+            }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         q.push(reply(7));
